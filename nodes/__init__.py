@@ -5,10 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .capture import AttentionCapture
+from .segment import GMMBinarize, KLMergeSegment
 
 
 def node_list() -> list[type[io.ComfyNode]]:
-    return [AttentionCapture]
+    return [AttentionCapture, GMMBinarize, KLMergeSegment]
 
 
 class SegDropExtension(ComfyExtension):
