@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
-import types
 
 import pytest
 import torch
 
 from segdrop.attention_patch.maps import AttentionMaps
 
-from .fake_comfy_api import build_module
-
 SD_TOKENS = ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "red</w>", "square</w>"] + ["<|endoftext|>"] * 9
 PUBLISHED_IDS = {"SegDrop_AttentionCapture", "SegDrop_GMMBinarize", "SegDrop_KLMergeSegment"}
-
-
-@pytest.fixture()
-def nodes(monkeypatch):
-    package = types.ModuleType("comfy_api")
-    latest = build_module()
-    package.latest = latest
-    monkeypatch.setitem(sys.modules, "comfy_api", package)
-    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
-    for name in [n for n in sys.modules if n.startswith("segdrop.nodes")]:
-        monkeypatch.delitem(sys.modules, name)
-    import segdrop.nodes as glue
-
-    yield glue
-    for name in [n for n in sys.modules if n.startswith("segdrop.nodes")]:
-        del sys.modules[name]
 
 
 def square_scene_attention(size: int = 16) -> AttentionMaps:
