@@ -37,7 +37,7 @@ class DemoConfig:
     seed: int = 2024
     t0: int = schedules.DEFAULT_T0
     tau: float = 1.1
-    tau_mode: str = "size_aware"
+    tau_candidates: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 1.1, 1.5, 2.0)
     grid: int = 16
     batch: int = 4
     max_batch: int = 40
@@ -88,20 +88,20 @@ def foreground_masks(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -
     return masks.numpy(), attention.numpy()
 
 
-def diffseg_labels(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -> np.ndarray:
-    """DiffSeg: one pass at t = 300 on the clean latent with the empty prompt, KL merge of self-attention."""
+def diffseg_aggregates(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -> torch.Tensor:
+    """DiffSeg's input: one pass at t = 300 on the clean latent with the empty prompt, self-attention aggregated."""
     latents = bundle.codec.encode(to_tensor(scenes))
     context = bundle.encode_prompt([""] * len(scenes))
     maps = capture_attention(
         bundle.unet, latents, context, [schedules.DIFFSEG_TIMESTEP], add_noise=False, keep_cross=False,
         max_batch=config.max_batch, image_size=scenes[0].image.shape[:2],
     )
-    aggregated = aggregate_self_attention(maps.self_attn)
+    return aggregate_self_attention(maps.self_attn)
+
+
+def diffseg_labels(aggregated: torch.Tensor, tau: float, config: DemoConfig, size: tuple[int, int]) -> np.ndarray:
     grid = min(config.grid, aggregated.shape[-1])
-    result = kl_merge_segment(
-        aggregated, grid=grid, tau=config.tau, tau_mode=config.tau_mode, out_size=scenes[0].image.shape[:2]
-    )
-    return result.labels.numpy()
+    return kl_merge_segment(aggregated, grid=grid, tau=tau, tau_mode="raw", out_size=size).labels.numpy()
 
 
 # --------------------------------------------------------------------------------------------- baselines
@@ -166,16 +166,21 @@ def run_demo(config: DemoConfig) -> dict:
     validation = scenes_for("val", config.validation_scenes, config.seed, size)
     config.out.mkdir(parents=True, exist_ok=True)
 
-    fg_masks, fg_attention, seg_labels = [], [], []
-    with tqdm(total=2 * len(test), desc="demo: capture + segment", unit="scene") as bar:
+    fg_masks, fg_attention, aggregates, val_aggregates = [], [], [], []
+    with tqdm(total=2 * len(test) + len(validation), desc="demo: capture + segment", unit="scene") as bar:
         for chunk in batches(test, config.batch):
             masks, attention = foreground_masks(bundle, chunk, config)
             fg_masks.extend(masks)
             fg_attention.extend(attention)
             bar.update(len(chunk))
-        for chunk in batches(test, config.batch):
-            seg_labels.extend(diffseg_labels(bundle, chunk, config))
-            bar.update(len(chunk))
+        for scenes, store in ((test, aggregates), (validation, val_aggregates)):
+            for chunk in batches(scenes, config.batch):
+                store.extend(diffseg_aggregates(bundle, chunk, config))
+                bar.update(len(chunk))
+    image_hw = (size, size)
+
+    def merged(aggs, tau):
+        return [diffseg_labels(agg[None], tau, config, image_hw)[0] for agg in aggs]
 
     gt_fg = [s.object_mask for s in test]
     gt_labels = [ground_truth_labels(s) for s in test]
@@ -183,6 +188,11 @@ def run_demo(config: DemoConfig) -> dict:
     def mean_miou(predictions, scenes):
         return float(np.mean([hungarian_miou(p, ground_truth_labels(s))[1] for p, s in zip(predictions, scenes)]))
 
+    tau_best, tau_val = choose_on_validation(
+        config.tau_candidates, lambda tau: mean_miou(merged(val_aggregates, tau), validation)
+    )
+    seg_labels = merged(aggregates, tau_best)
+    paper_labels = merged(aggregates, config.tau)
     k_best, k_val = choose_on_validation(
         range(2, 7), lambda k: mean_miou([kmeans_labels(s, k, config.seed) for s in validation], validation)
     )
@@ -207,13 +217,15 @@ def run_demo(config: DemoConfig) -> dict:
             f"known object colour (oracle, distance {d_best} chosen on validation)": mean_iou(colour_fg),
         },
         "segmentation_miou": {
-            f"DiffSeg (KL merge, tau {config.tau} {config.tau_mode})": mean_miou(seg_labels, test),
+            f"DiffSeg (KL merge, tau={tau_best} chosen on validation)": mean_miou(seg_labels, test),
+            f"DiffSeg (KL merge, paper tau={config.tau})": mean_miou(paper_labels, test),
             f"k-means on RGB (k={k_best} chosen on validation)": mean_miou(kmeans_test, test),
             "Otsu (2 segments)": mean_miou([m.astype(np.int64) for m in otsu_fg], test),
         },
         "diffseg_segments_per_image": float(np.mean([len(np.unique(lbl)) for lbl in seg_labels])),
         "settings": {
-            "t0": config.t0, "tau": config.tau, "tau_mode": config.tau_mode, "grid": config.grid,
+            "t0": config.t0, "tau_paper": config.tau, "tau_chosen": tau_best, "tau_validation_miou": tau_val,
+            "grid": config.grid,
             "seed": config.seed, "validation_scenes": config.validation_scenes,
             "kmeans_k_validation_miou": k_val, "colour_distance_validation_iou": d_val,
         },
@@ -280,15 +292,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation-scenes", type=int, default=DemoConfig.validation_scenes)
     parser.add_argument("--seed", type=int, default=DemoConfig.seed)
     parser.add_argument("--t0", type=int, default=DemoConfig.t0, help="concept distillation timesteps (paper: 40)")
-    parser.add_argument("--tau", type=float, default=DemoConfig.tau, help="DiffSeg KL threshold")
-    parser.add_argument("--tau-mode", choices=["raw", "size_aware"], default=DemoConfig.tau_mode)
+    parser.add_argument("--tau", type=float, default=DemoConfig.tau,
+                        help="DiffSeg's KL threshold, reported beside the one chosen on the validation split")
     parser.add_argument("--batch", type=int, default=DemoConfig.batch, help="scenes per capture")
 
 
 def main(args: argparse.Namespace) -> int:
     config = DemoConfig(
         out=args.out, checkpoint=args.checkpoint, scenes=args.scenes, validation_scenes=args.validation_scenes,
-        seed=args.seed, t0=args.t0, tau=args.tau, tau_mode=args.tau_mode, batch=args.batch,
+        seed=args.seed, t0=args.t0, tau=args.tau, batch=args.batch,
     )
     results = run_demo(config)
     print(results_markdown(results))
