@@ -25,6 +25,48 @@ def _merges_for(word: str) -> list[tuple[str, str]]:
     return merges
 
 
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges like the CLIP tokenizer: repeatedly merge (every occurrence of) the best-ranked pair."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        pairs = [(ranks[p], p) for p in zip(symbols, symbols[1:]) if p in ranks]
+        if not pairs:
+            break
+        _, (a, b) = min(pairs)
+        merged, i = [], 0
+        while i < len(symbols):
+            if i < len(symbols) - 1 and symbols[i] == a and symbols[i + 1] == b:
+                merged.append(a + b)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+def _repair_merges(words: list[str], merges: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Append merges until every word is one token.
+
+    Words that share a pair (``an`` in "and" and "orange") can otherwise stall: the shared pair outranks
+    the other word's chain, and BPE stops at pieces such as ``or an g e</w>``.
+    """
+    merges = list(merges)
+    changed = True
+    while changed:
+        changed = False
+        ranks = {pair: i for i, pair in enumerate(merges)}
+        for word in words:
+            pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+            while len(pieces) > 1:
+                pair = (pieces[0], pieces[1])
+                merges.append(pair)
+                ranks[pair] = len(merges) - 1
+                pieces = _bpe(pieces, ranks)
+                changed = True
+    return merges
+
+
 def write_word_tokenizer(words: list[str], directory: str | Path, max_length: int = 77) -> Path:
     """Write ``vocab.json``/``merges.txt``/configs for ``words`` into ``directory`` and return it."""
     directory = Path(directory)
@@ -39,6 +81,9 @@ def write_word_tokenizer(words: list[str], directory: str | Path, max_length: in
             if pair not in merges:
                 merges.append(pair)
             vocab.setdefault(pair[0] + pair[1], len(vocab))
+    merges = _repair_merges(sorted({w.lower() for w in words}), merges)
+    for pair in merges:
+        vocab.setdefault(pair[0] + pair[1], len(vocab))
     vocab[BOS] = len(vocab)
     vocab[EOS] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab, indent=0))

@@ -1,0 +1,33 @@
+"""``python -m segdrop.training <recipe> ...`` (also ``accelerate launch -m segdrop.training <recipe> ...``).
+
+Recipes: ``scratch`` (train a small text-to-image model from scratch, see ``train_scratch.py``). The subcommand
+structure leaves room for ``lora`` and ``objectdrop`` recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import train_scratch
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m segdrop.training", description="SegDrop training recipes")
+    sub = parser.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
+    scratch = sub.add_parser("scratch", help="train a small text-to-image latent-diffusion model from scratch on the toy world")
+    train_scratch.build_parser(scratch)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    train_scratch.setup_logging()
+    if args.recipe == "scratch":
+        return train_scratch.run(args, argv[1:])
+    parser.error(f"unknown recipe {args.recipe}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
