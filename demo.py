@@ -63,29 +63,52 @@ def to_tensor(scenes: list[toyworld.Scene]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- our methods
 
 
-def foreground_masks(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Concept distillation's preliminary masks: caption prompt, object words' cross-attention, GMM."""
-    latents = bundle.codec.encode(to_tensor(scenes))
-    captions = [s.caption for s in scenes]
-    context = bundle.encode_prompt(captions)
+WORD_CHOICES = {
+    "shape word": lambda obj: [obj.word],
+    "object name (colour + shape words summed)": lambda obj: [obj.color, obj.word],
+}
+"""Which caption words' maps are summed: the paper's single object token, or the object's full name, as the
+authors sum several words for "a human with arms and legs"."""
+PANEL_CHOICE = "object name (colour + shape words summed)"
+
+
+def object_word_positions(tokens: list[str], scene: toyworld.Scene, choice: str) -> list[int]:
+    words = sorted({word for obj in scene.objects for word in WORD_CHOICES[choice](obj)})
+    return find_word_positions(tokens, ", ".join(words))
+
+
+def caption_tokens(bundle, captions: list[str]) -> list[list[str]]:
     tokenizer = bundle.tokenizer
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
-    token_lists = [tokenizer.convert_ids_to_tokens(row) for row in ids]
+    return [tokenizer.convert_ids_to_tokens(row) for row in ids]
+
+
+def concept_attention(bundle, scenes: list[toyworld.Scene], config: DemoConfig):
+    """Concept distillation's capture: the caption as prompt, T0 noised timesteps, cross-attention only."""
+    captions = [s.caption for s in scenes]
     maps = capture_attention(
-        bundle.unet, latents, context, schedules.concept_distillation_timesteps(config.t0), add_noise=True,
+        bundle.unet, bundle.codec.encode(to_tensor(scenes)), bundle.encode_prompt(captions),
+        schedules.concept_distillation_timesteps(config.t0), add_noise=True,
         alphas_cumprod=bundle.scheduler.alphas_cumprod, seed=config.seed, keep_self=False,
         max_batch=config.max_batch, image_size=scenes[0].image.shape[:2],
     )
-    attention = []
-    for index, (scene, tokens) in enumerate(zip(scenes, token_lists)):
-        words = ", ".join(sorted({obj.word for obj in scene.objects}))
-        positions = find_word_positions(tokens, words)
-        attention.append(maps.cross_attention_for(positions)[index])
-    attention = torch.stack(attention)
-    masks = gmm_binarize(attention).mask
+    return maps, caption_tokens(bundle, captions)
+
+
+def foreground_masks(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Preliminary masks (object words' cross-attention -> GMM at the latent grid -> image size) per word choice."""
+    maps, token_lists = concept_attention(bundle, scenes, config)
     size = scenes[0].image.shape[:2]
-    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
-    return masks.numpy(), attention.numpy()
+    out = {}
+    for choice in WORD_CHOICES:
+        attention = torch.stack([
+            maps.cross_attention_for(object_word_positions(tokens, scene, choice))[index]
+            for index, (scene, tokens) in enumerate(zip(scenes, token_lists))
+        ])
+        masks = gmm_binarize(attention).mask
+        masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        out[choice] = (masks.numpy(), attention.numpy())
+    return out
 
 
 def diffseg_aggregates(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -> torch.Tensor:
@@ -166,12 +189,13 @@ def run_demo(config: DemoConfig) -> dict:
     validation = scenes_for("val", config.validation_scenes, config.seed, size)
     config.out.mkdir(parents=True, exist_ok=True)
 
-    fg_masks, fg_attention, aggregates, val_aggregates = [], [], [], []
+    foreground: dict[str, tuple[list, list]] = {choice: ([], []) for choice in WORD_CHOICES}
+    aggregates, val_aggregates = [], []
     with tqdm(total=2 * len(test) + len(validation), desc="demo: capture + segment", unit="scene") as bar:
         for chunk in batches(test, config.batch):
-            masks, attention = foreground_masks(bundle, chunk, config)
-            fg_masks.extend(masks)
-            fg_attention.extend(attention)
+            for choice, (masks, attention) in foreground_masks(bundle, chunk, config).items():
+                foreground[choice][0].extend(masks)
+                foreground[choice][1].extend(attention)
             bar.update(len(chunk))
         for scenes, store in ((test, aggregates), (validation, val_aggregates)):
             for chunk in batches(scenes, config.batch):
@@ -212,7 +236,8 @@ def run_demo(config: DemoConfig) -> dict:
         "scenes": len(test),
         "image_size": size,
         "foreground_iou": {
-            "concept distillation (attention + GMM)": mean_iou(fg_masks),
+            **{f"concept distillation, {choice} (attention + GMM)": mean_iou(masks)
+               for choice, (masks, _) in foreground.items()},
             "Otsu on grey levels (minority side)": mean_iou(otsu_fg),
             f"known object colour (oracle, distance {d_best} chosen on validation)": mean_iou(colour_fg),
         },
@@ -231,7 +256,8 @@ def run_demo(config: DemoConfig) -> dict:
         },
     }
     results["seconds"] = round(time.perf_counter() - started, 1)
-    write_panels(config.out, test[: config.panels], fg_attention, fg_masks, seg_labels, gt_labels)
+    shown_masks, shown_attention = foreground[PANEL_CHOICE]
+    write_panels(config.out, test[: config.panels], shown_attention, shown_masks, seg_labels, gt_labels)
     (config.out / "results.json").write_text(json.dumps(results, indent=2))
     (config.out / "results.md").write_text(results_markdown(results))
     return results
@@ -278,7 +304,7 @@ def results_markdown(results: dict) -> str:
         *[f"| {name} | {value:.3f} |" for name, value in results["segmentation_miou"].items()],
         "",
         f"DiffSeg found {results['diffseg_segments_per_image']:.1f} segments per image on average. "
-        "Panels: image | object-word attention | GMM mask | DiffSeg segments | ground truth.",
+        f"Panels: image | attention of the {PANEL_CHOICE} | its GMM mask | DiffSeg segments | ground truth.",
         "",
     ]
     return "\n".join(lines)

@@ -41,7 +41,7 @@ def test_demo_writes_results_and_panels(random_bundle, tmp_path):
     for table in ("foreground_iou", "segmentation_miou"):
         assert len(saved[table]) >= 3
         assert all(0.0 <= value <= 1.0 for value in saved[table].values())
-    assert "| concept distillation (attention + GMM) |" in (tmp_path / "out" / "results.md").read_text()
+    assert "| concept distillation, shape word (attention + GMM) |" in (tmp_path / "out" / "results.md").read_text()
     assert sorted(p.name for p in (tmp_path / "out").glob("scene_*.png")) == ["scene_00.png", "scene_01.png"]
     assert results["settings"]["tau_chosen"] in (0.5, 1.1)
 
