@@ -37,7 +37,7 @@ class DemoConfig:
     seed: int = 2024
     t0: int = schedules.DEFAULT_T0
     tau: float = 1.1
-    tau_candidates: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 1.1, 1.5, 2.0)
+    tau_candidates: tuple[float, ...] = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.1, 1.5)
     grid: int = 16
     batch: int = 4
     max_batch: int = 40

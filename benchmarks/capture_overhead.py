@@ -14,7 +14,6 @@ import statistics
 import time
 
 import torch
-
 from segdrop.attention_patch.diffusers_backend import patched
 from segdrop.attention_patch.store import AttentionStore
 from segdrop.training.tiny_models import tiny_sd15_unet

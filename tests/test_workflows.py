@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
-import importlib.util
-
 import pytest
-
 import segdrop
 
 FOLDER = Path(segdrop.__file__).parent / "workflows"

@@ -24,7 +24,6 @@ def forward(patcher, x, sigma, context, cond_or_uncond):
 @pytest.mark.parametrize("cond_or_uncond", [[0], [1, 0]])
 def test_patched_forward_equals_unpatched(comfyui, tiny_checkpoint, cond_or_uncond):
     import torch
-
     from segdrop.attention_patch.comfy_backend import discover_transformer_blocks, patch_model
     from segdrop.attention_patch.store import AttentionStore
 
@@ -55,7 +54,6 @@ def test_sdxl_shaped_unet_blocks_are_discovered(comfyui):
     """SDXL's layout (no attention at full resolution, 2 and 10 transformer layers per block) without weights."""
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
     from segdrop.attention_patch.comfy_backend import discover_transformer_blocks
 
     with torch.device("meta"):
