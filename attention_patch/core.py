@@ -61,17 +61,21 @@ def attention_with_capture(
 
     r = stop - start
     scale = d**-0.5 if scale is None else scale
-    qh = q[start:stop].reshape(r, n, heads, d).transpose(1, 2).float()
-    kh = k[start:stop].reshape(r, -1, heads, d).transpose(1, 2).float()
-    vh = v[start:stop].reshape(r, -1, heads, d).transpose(1, 2).float()
-    keys_t = kh.transpose(-1, -2) * scale
-    step = query_chunk(r, heads, kh.shape[2], budget_bytes)
-    rows_out = torch.empty(r, heads, n, d, dtype=torch.float32, device=q.device)
+    # (rows * heads, tokens, d) blocks, so each chunk is one batched GEMM into a reused buffer.
+    qh = (q[start:stop].float().reshape(r, n, heads, d).transpose(1, 2) * scale).reshape(r * heads, n, d)
+    keys_t = k[start:stop].float().reshape(r, -1, heads, d).permute(0, 2, 3, 1).reshape(r * heads, d, -1)
+    vh = v[start:stop].float().reshape(r, -1, heads, d).transpose(1, 2).reshape(r * heads, -1, d)
+    keys = keys_t.shape[-1]
+    step = min(n, query_chunk(r, heads, keys, budget_bytes))
+    rows_out = torch.empty(r * heads, n, d, dtype=torch.float32, device=q.device)
+    buffer = torch.empty(r * heads, step, keys, dtype=torch.float32, device=q.device)
     for s in range(0, n, step):
         e = min(n, s + step)
-        probs = torch.matmul(qh[:, :, s:e], keys_t).softmax(dim=-1)
-        torch.matmul(probs, vh, out=rows_out[:, :, s:e])
-        sink(s, e, probs.mean(dim=1))
-        del probs
-    out[start:stop] = rows_out.transpose(1, 2).reshape(r, n, inner).to(q.dtype)
+        probs = buffer[:, : e - s]
+        torch.bmm(qh[:, s:e], keys_t, out=probs)
+        probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()  # softmax in place: no second block allocated
+        probs.div_(probs.sum(dim=-1, keepdim=True))
+        torch.bmm(probs, vh, out=rows_out[:, s:e])
+        sink(s, e, probs.view(r, heads, e - s, keys).sum(dim=1).mul_(1.0 / heads))
+    out[start:stop] = rows_out.view(r, heads, n, d).transpose(1, 2).reshape(r, n, inner).to(q.dtype)
     return out

@@ -28,13 +28,14 @@ def timed(fn) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="32,64,64,64", help="block widths; SD1.5 is 320,640,1280,1280")
+    parser.add_argument("--layers", type=int, default=2, help="resnet/transformer layers per block (SD1.5: 2)")
     parser.add_argument("--latent", type=int, default=64, help="latent side (64 = 512x512 image)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     widths = tuple(int(w) for w in args.widths.split(","))
-    unet = tiny_sd15_unet(widths=widths, cross_attention_dim=768 if widths[0] >= 320 else 64)
+    unet = tiny_sd15_unet(widths=widths, cross_attention_dim=768 if widths[0] >= 320 else 64, layers_per_block=args.layers)
     context = torch.randn(1, 77, unet.config.cross_attention_dim)
     latent = torch.randn(1, 4, args.latent, args.latent)
     t = torch.tensor([300])
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
             times[name].append(run(name))
 
     base = statistics.median(times["unpatched"])
-    print(f"UNet widths {widths}, latent {args.latent}x{args.latent}, {args.threads} threads, {args.rounds} rounds")
+    print(f"UNet widths {widths}, {args.layers} layers per block, latent {args.latent}x{args.latent}, "
+          f"{args.threads} threads, {args.rounds} rounds")
     print(f"{'variant':36s} {'median s':>9s} {'ratio':>7s} {'store MiB':>10s}")
     for name, values in times.items():
         median = statistics.median(values)

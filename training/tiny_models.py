@@ -19,6 +19,7 @@ def tiny_sd15_unet(
     in_channels: int = 4,
     sample_size: int = 64,
     head_dim: int = 8,
+    layers_per_block: int = 2,
 ) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
@@ -26,7 +27,7 @@ def tiny_sd15_unet(
         in_channels=in_channels,
         out_channels=4,
         block_out_channels=widths,
-        layers_per_block=2,
+        layers_per_block=layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         attention_head_dim=head_dim,
