@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+
 from segdrop.attention_patch.diffusers_backend import patched
 from segdrop.attention_patch.store import AttentionStore
 from segdrop.training.tiny_models import tiny_sd15_unet

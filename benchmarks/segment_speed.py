@@ -19,10 +19,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.mixture import GaussianMixture
+
 from segdrop.segment import aggregate_self_attention, gmm_binarize, kl_merge_segment
 from segdrop.segment.reference import aggregate_reference, kl_merge_reference, relabel_by_area
 from segdrop.segment.synthetic import sd15_like_attention, voronoi_labels
-from sklearn.mixture import GaussianMixture
 
 
 def best_of(function, repeats: int) -> tuple[float, object]:

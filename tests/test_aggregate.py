@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from segdrop.attention_patch.maps import AttentionMaps
 from segdrop.segment import aggregate_self_attention, resolution_weights
 from segdrop.segment.reference import aggregate_reference

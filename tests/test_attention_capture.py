@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from segdrop.attention_patch import comfy_backend
 from segdrop.attention_patch.core import attention_with_capture, sdpa_attention
 from segdrop.attention_patch.diffusers_backend import capture_attention, patched

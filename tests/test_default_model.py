@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch.nn.functional as F
+
 from segdrop import demo, toyworld
 from segdrop.attention_patch.tokens import find_word_positions
 from segdrop.segment import gmm_binarize

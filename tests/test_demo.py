@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
+
 from segdrop import demo, toyworld
 from segdrop.training.bundle import ModelBundle, save_bundle
 from segdrop.training.codec import PixelUnshuffleCodec

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.mixture import GaussianMixture
+
 from segdrop.attention_patch.maps import AttentionMaps
 from segdrop.segment import (
     connected_components,
@@ -16,7 +18,6 @@ from segdrop.segment import (
     orphan_filter,
     resize_mask,
 )
-from sklearn.mixture import GaussianMixture
 
 
 def authors_mask(values: np.ndarray) -> np.ndarray:

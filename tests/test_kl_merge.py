@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from segdrop.segment import (
     aggregate_self_attention,
     effective_taus,

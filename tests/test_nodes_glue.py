@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+
 from segdrop.attention_patch.maps import AttentionMaps
 
 SD_TOKENS = ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "red</w>", "square</w>"] + ["<|endoftext|>"] * 9

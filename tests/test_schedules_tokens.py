@@ -1,6 +1,7 @@
 """Timestep presets from the papers and word-to-column mapping."""
 
 import pytest
+
 from segdrop.attention_patch import schedules
 from segdrop.attention_patch.tokens import find_word_positions, word_spans
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from segdrop.training import train_scratch
 from segdrop.training.__main__ import main as cli_main
 from segdrop.training.bundle import BundleError, ModelBundle, load_bundle, save_bundle

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 import segdrop
 
 FOLDER = Path(segdrop.__file__).parent / "workflows"

@@ -24,6 +24,7 @@ def forward(patcher, x, sigma, context, cond_or_uncond):
 @pytest.mark.parametrize("cond_or_uncond", [[0], [1, 0]])
 def test_patched_forward_equals_unpatched(comfyui, tiny_checkpoint, cond_or_uncond):
     import torch
+
     from segdrop.attention_patch.comfy_backend import discover_transformer_blocks, patch_model
     from segdrop.attention_patch.store import AttentionStore
 
@@ -54,6 +55,7 @@ def test_sdxl_shaped_unet_blocks_are_discovered(comfyui):
     """SDXL's layout (no attention at full resolution, 2 and 10 transformer layers per block) without weights."""
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
     from segdrop.attention_patch.comfy_backend import discover_transformer_blocks
 
     with torch.device("meta"):
@@ -68,3 +70,28 @@ def test_sdxl_shaped_unet_blocks_are_discovered(comfyui):
     assert [k for k in keys if k[0] == "input"] == [("input", 3, 0), ("input", 3, 1)] + [("input", 5, j) for j in range(3)]
     assert [k for k in keys if k[0] == "middle"] == [("middle", 0, j) for j in range(3)]
     assert len(keys) == 2 + 3 + 3 + (3 + 3 + 2 + 2)
+
+
+def test_prompt_weighting_does_not_shift_word_columns(comfyui, tiny_checkpoint):
+    from segdrop.attention_patch.comfy_backend import tokenizer_strings
+    from segdrop.attention_patch.tokens import find_word_positions
+
+    _, clip, _ = comfyui.load_checkpoint(tiny_checkpoint)
+    plain = tokenizer_strings(clip, "a photo of a red square")
+    weighted = tokenizer_strings(clip, "a photo of a (red:1.3) (square:0.8)")
+    assert plain == weighted
+    assert find_word_positions(weighted, "square") == [6]
+
+
+def test_latent_with_wrong_channel_count_is_a_clear_error(comfyui, tiny_checkpoint):
+    import torch
+
+    from segdrop.attention_patch.comfy_backend import run_capture
+    from segdrop.attention_patch.store import AttentionStore
+
+    model, clip, _ = comfyui.load_checkpoint(tiny_checkpoint)
+    with torch.inference_mode():
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a red square"))
+        with pytest.raises(ValueError, match="takes 4 latent channels"):
+            run_capture(model, positive, {"samples": torch.randn(1, 16, 8, 8)}, [300], add_noise=False, seed=0,
+                        store=AttentionStore())
