@@ -18,11 +18,14 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.mixture import GaussianMixture
 
 from segdrop.segment import aggregate_self_attention, gmm_binarize, kl_merge_segment
-from segdrop.segment.reference import aggregate_reference, kl_merge_reference, relabel_by_area
+from segdrop.segment.reference import (
+    aggregate_reference,
+    authors_gmm_mask,
+    kl_merge_reference,
+    relabel_by_area,
+)
 from segdrop.segment.synthetic import sd15_like_attention, voronoi_labels
 
 
@@ -84,14 +87,6 @@ def diffseg(repeats: int, reference_anchors: int) -> None:
     print(f"  vs synthetic ground truth: ACC {accuracy * 100:.2f} %  mIoU {miou * 100:.2f} %")
 
 
-def authors_gmm(values: np.ndarray) -> np.ndarray:
-    gmm = GaussianMixture(n_components=2, random_state=0).fit(values.reshape(-1, 1))
-    binary = values > np.mean(gmm.means_)
-    filtered = F.conv2d(torch.from_numpy(binary).float()[None, None], torch.ones(1, 1, 3, 3) / 9)
-    binary[1:-1, 1:-1] = (filtered[0, 0] > 0.5).numpy()
-    return binary
-
-
 def gmm(repeats: int) -> None:
     rng = np.random.default_rng(0)
     for side in (64, 512):
@@ -99,7 +94,7 @@ def gmm(repeats: int) -> None:
         blob = np.exp(-((ys - 0.45) ** 2 + (xs - 0.55) ** 2) / 0.05)
         values = (0.05 + 0.3 * blob + rng.normal(0, 0.03, blob.shape)).astype(np.float32)
         ours_time, result = best_of(lambda: gmm_binarize(torch.from_numpy(values)), repeats)
-        reference_time, reference = best_of(lambda: authors_gmm(values), max(1, repeats // 2))
+        reference_time, reference = best_of(lambda: authors_gmm_mask(values), max(1, repeats // 2))
         agreement = float((result.mask[0].numpy() == reference).mean())
         print(f"GMM {side}x{side}: ours {ours_time:.3f} s   authors' code {reference_time:.3f} s   "
               f"ratio {reference_time / ours_time:.2f}x   masks equal on {agreement * 100:.3f} % of pixels")

@@ -130,3 +130,17 @@ def relabel_by_area(labels: np.ndarray) -> np.ndarray:
     order = ids[np.lexsort((ids, -counts))]
     remap = {int(old): new for new, old in enumerate(order)}
     return np.vectorize(remap.get)(labels)
+
+
+def authors_gmm_mask(values: np.ndarray) -> np.ndarray:
+    """fobadiffusion's ``GMMMaskSuggestor``: midpoint of the two GMM means, then the valid 3x3 box filter (> 0.5)
+    written back to the interior. Seeded (``random_state=0``) as ours is; the authors leave it unseeded."""
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(n_components=2, random_state=0).fit(values.reshape(-1, 1))
+    binary = values > np.mean(gmm.means_)
+    padded = binary.astype(np.float64)
+    box = sum(padded[dy : dy + padded.shape[0] - 2, dx : dx + padded.shape[1] - 2] for dy in range(3) for dx in range(3))
+    binary[1:-1, 1:-1] = box / 9 > 0.5
+    return binary
+

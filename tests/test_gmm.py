@@ -5,10 +5,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.mixture import GaussianMixture
 
 from segdrop.attention_patch.maps import AttentionMaps
 from segdrop.segment import (
@@ -18,15 +16,7 @@ from segdrop.segment import (
     orphan_filter,
     resize_mask,
 )
-
-
-def authors_mask(values: np.ndarray) -> np.ndarray:
-    """fobadiffusion GMMMaskSuggestor: midpoint of the GMM means, then the valid 3x3 box filter (+ our seed)."""
-    gmm = GaussianMixture(n_components=2, random_state=0).fit(values.reshape(-1, 1))
-    binary = values > np.mean(gmm.means_)
-    filtered = F.conv2d(torch.from_numpy(binary).float()[None, None], torch.ones(1, 1, 3, 3) / 9)
-    binary[1:-1, 1:-1] = (filtered[0, 0] > 0.5).numpy()
-    return binary
+from segdrop.segment.reference import authors_gmm_mask
 
 
 def bimodal_map(seed, size=(24, 20), separation=12.0):
@@ -70,7 +60,7 @@ def test_matches_authors_code(seed):
     blob = np.exp(-((ys - rng.uniform(0.2, 0.8)) ** 2 + (xs - rng.uniform(0.2, 0.8)) ** 2) / rng.uniform(0.01, 0.1))
     values = (0.05 + 0.3 * blob + rng.normal(0, 0.03, blob.shape)).astype(np.float32)
     result = gmm_binarize(torch.from_numpy(values))
-    assert np.array_equal(result.mask[0].numpy(), authors_mask(values))
+    assert np.array_equal(result.mask[0].numpy(), authors_gmm_mask(values))
 
 
 @settings(max_examples=25, deadline=None)

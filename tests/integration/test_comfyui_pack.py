@@ -166,40 +166,31 @@ def test_api_workflow_loader_substitutes_checkpoint_and_image(comfyui, tmp_path,
         comfyui.api_from_workflow_file(ui_format)
 
 
-@pytest.mark.parametrize(
-    "workflow", sorted(p.name for p in (PACK_DIR / "workflows").glob("*.api.json")) or ["<none>"]
-)
+SHIPPED_WORKFLOWS = sorted(p.name for p in (PACK_DIR / "workflows").glob("*.api.json"))
+
+
+def shipped_graph(comfyui, workflow: str, checkpoint: str, image: str) -> dict:
+    """A shipped API workflow with the tiny checkpoint and test image substituted; every node must exist."""
+    graph = comfyui.api_from_workflow_file(PACK_DIR / "workflows" / workflow, checkpoint=checkpoint, image=image)
+    missing = sorted({node["class_type"] for node in graph.values() if not comfyui.has_node(node["class_type"])})
+    assert not missing, f"{workflow} uses unknown nodes: {missing}"
+    return graph
+
+
+def test_workflows_are_shipped():
+    assert SHIPPED_WORKFLOWS == ["foreground_mask.api.json", "zero_shot_segmentation.api.json"]
+
+
+@pytest.mark.parametrize("workflow", SHIPPED_WORKFLOWS)
 def test_shipped_api_workflows_validate(comfyui, tiny_checkpoint, test_image, workflow):
-    if workflow == "<none>":
-        pytest.skip("no workflows/*.api.json shipped yet")
-    graph = comfyui.api_from_workflow_file(
-        PACK_DIR / "workflows" / workflow, checkpoint=tiny_checkpoint, image=test_image
-    )
-    missing = sorted(
-        {node["class_type"] for node in graph.values() if not comfyui.has_node(node["class_type"])}
-    )
-    if missing and all(name.startswith("SegDrop_") for name in missing):
-        pytest.skip(f"{workflow} uses nodes not written yet: {missing}")
+    graph = shipped_graph(comfyui, workflow, tiny_checkpoint, test_image)
     assert comfyui.validate(graph), f"{workflow} has no valid output"
 
 
-@pytest.mark.parametrize(
-    "workflow", sorted(p.name for p in (PACK_DIR / "workflows").glob("*.api.json")) or ["<none>"]
-)
-def test_shipped_api_workflows_run_on_the_tiny_checkpoint(
-    comfyui, run_prompt, tiny_checkpoint, test_image, workflow
-):
+@pytest.mark.parametrize("workflow", SHIPPED_WORKFLOWS)
+def test_shipped_api_workflows_run_on_the_tiny_checkpoint(comfyui, run_prompt, tiny_checkpoint, test_image, workflow):
     """Every shipped API workflow runs end to end (tiny checkpoint, 128x128 image, 2 capture timesteps)."""
-    if workflow == "<none>":
-        pytest.skip("no workflows/*.api.json shipped yet")
-    graph = comfyui.api_from_workflow_file(
-        PACK_DIR / "workflows" / workflow, checkpoint=tiny_checkpoint, image=test_image
-    )
-    missing = sorted(
-        {node["class_type"] for node in graph.values() if not comfyui.has_node(node["class_type"])}
-    )
-    if missing and all(name.startswith("SegDrop_") for name in missing):
-        pytest.skip(f"{workflow} uses nodes not written yet: {missing}")
+    graph = shipped_graph(comfyui, workflow, tiny_checkpoint, test_image)
     for node in graph.values():
         if node["class_type"] == CAPTURE:
             node["inputs"]["t0"] = min(int(node["inputs"].get("t0", 2)), 2)
