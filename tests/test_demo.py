@@ -59,3 +59,24 @@ def test_cli_rejects_unknown_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--no-such-flag"])
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_demo_runs_on_a_diffusers_sd_folder(tmp_path):
+    """``--checkpoint`` with a diffusers Stable Diffusion folder (tiny random SD1.5 layout, VAE, CLIP tokenizer)."""
+    from transformers import CLIPTokenizer
+
+    from segdrop.training.tiny_models import tiny_sd15_unet, tiny_vae
+    from segdrop.training.train_scratch import make_scheduler
+
+    root = tmp_path / "sd"
+    vocab = len(CLIPTokenizer.from_pretrained(write_word_tokenizer(toyworld.vocabulary(), root / "tokenizer")))
+    tiny_sd15_unet(sample_size=16).save_pretrained(root / "unet", safe_serialization=True)
+    tiny_text_encoder(vocab).save_pretrained(root / "text_encoder", safe_serialization=True)
+    tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
+    make_scheduler().save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    config = demo.DemoConfig(out=tmp_path / "out", checkpoint=root, scenes=2, validation_scenes=1, t0=2, panels=1,
+                             tau_candidates=(1.1,))
+    results = demo.run_demo(config)
+    assert results["image_size"] == 128
+    assert (tmp_path / "out" / "scene_00.png").exists()
