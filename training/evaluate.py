@@ -2,16 +2,16 @@
 
     python -m segdrop.training.evaluate models/default --scenes 24
 
-For held-out toy-world scenes (seeds the training set does not use), the clean image is noised to timestep t
-(fixed noise), the UNet runs once with the scene's caption, and every cross-attention layer's probabilities
-(heads averaged) for the word's token are upsampled to image size and averaged over layers and timesteps.
+For held-out toy-world scenes (seeds the training set does not use), the project's attention capture noises the
+clean image at each timestep t, runs the UNet once with the scene's caption, and averages the word's
+cross-attention over heads, layers and timesteps; the map is upsampled bilinearly to image size.
 Scores per object word (shape word, colour word, and ``name``: both maps averaged):
 
 * ``iou``: IoU between the top-|mask| pixels of the map and the object's visible mask;
 * ``pointing``: whether the map's maximum lies inside the object (mask dilated by 1 px);
 * ``chance_iou``: the IoU a map with no information gets on average (about the mask's share of the image).
 
-This is a sanity check, not the project's capture code (``segdrop.attention_patch`` / ``segdrop.segment``).
+This is a sanity check of a trained model, with simpler scores than the demo's GMM masks.
 """
 
 from __future__ import annotations
@@ -25,56 +25,25 @@ import torch
 import torch.nn.functional as F
 
 
-class _RecordingCrossAttention:
-    """Plain attention (explicit softmax) that records cross-attention probabilities, heads averaged."""
-
-    def __init__(self, store: list):
-        self.store = store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        batch = hidden_states.shape[0]
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(query, key, None)
-        self.store.append(probs.reshape(batch, -1, *probs.shape[1:]).mean(1).detach())  # (B, HW, L)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
-
-
 @torch.no_grad()
 def word_maps(bundle, image: np.ndarray, caption: str, timesteps=(100, 300, 500), seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """Cross-attention maps (L, H, W) for every token of ``caption``, and the token strings."""
-    from diffusers.models.attention_processor import AttnProcessor
+    """Cross-attention maps (L, H, W) for every token of ``caption``, and the token strings.
 
-    unet, size = bundle.unet, image.shape[0]
-    store: list = []
-    processors = {name: (_RecordingCrossAttention(store) if name.endswith("attn2.processor") else AttnProcessor())
-                  for name in unet.attn_processors}
-    saved = unet.attn_processors
-    unet.set_attn_processor(processors)
-    try:
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-        latents = bundle.codec.encode(x)
-        hidden = bundle.encode_prompt(caption)
-        g = torch.Generator().manual_seed(seed)
-        noise = torch.randn(latents.shape, generator=g)
-        total = 0
-        for t in timesteps:
-            store.clear()
-            noisy = bundle.scheduler.add_noise(latents, noise, torch.tensor([t]))
-            unet(noisy, torch.tensor([t]), hidden)
-            for probs in store:
-                side = int(round(probs.shape[1] ** 0.5))
-                grid = probs[0].T.reshape(-1, 1, side, side)
-                total = total + F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0] / len(store)
-    finally:
-        unet.set_attn_processor(saved)
-    ids = bundle.tokenizer(caption, padding="max_length", max_length=bundle.tokenizer.model_max_length, truncation=True).input_ids
-    return total / len(timesteps), bundle.tokenizer.convert_ids_to_tokens(ids)
+    Uses the project's capture (fresh noise per timestep, heads/layers/steps averaged), bilinear to image size.
+    """
+    from ..attention_patch.diffusers_backend import capture_attention
+
+    tokenizer = bundle.tokenizer
+    ids = tokenizer(caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    maps = capture_attention(
+        bundle.unet, bundle.codec.encode(x), bundle.encode_prompt(caption), list(timesteps), add_noise=True,
+        alphas_cumprod=bundle.scheduler.alphas_cumprod, seed=seed, keep_self=False, tokens=tokens,
+    )
+    per_token = torch.stack([maps.cross_attention_for([j])[0] for j in range(len(tokens))])
+    size = image.shape[0]
+    return F.interpolate(per_token[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0], tokens
 
 
 def _scores(amap: np.ndarray, mask: np.ndarray) -> tuple[float, bool, float]:
