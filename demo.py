@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import preview, toyworld
 from .attention_patch import schedules
 from .attention_patch.diffusers_backend import capture_attention
 from .attention_patch.tokens import find_word_positions
-from .segment import aggregate_self_attention, gmm_binarize, kl_merge_segment
+from .segment import aggregate_self_attention, gmm_binarize, kl_merge_segment, resize_mask
 from .segment.metrics import hungarian_miou, iou
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
@@ -77,12 +76,6 @@ def object_word_positions(tokens: list[str], scene: toyworld.Scene, choice: str)
     return find_word_positions(tokens, ", ".join(words))
 
 
-def caption_tokens(bundle, captions: list[str]) -> list[list[str]]:
-    tokenizer = bundle.tokenizer
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
-    return [tokenizer.convert_ids_to_tokens(row) for row in ids]
-
-
 def concept_attention(bundle, scenes: list[toyworld.Scene], config: DemoConfig):
     """Concept distillation's capture: the caption as prompt, T0 noised timesteps, cross-attention only."""
     captions = [s.caption for s in scenes]
@@ -92,7 +85,7 @@ def concept_attention(bundle, scenes: list[toyworld.Scene], config: DemoConfig):
         alphas_cumprod=bundle.scheduler.alphas_cumprod, seed=config.seed, keep_self=False,
         max_batch=config.max_batch, image_size=scenes[0].image.shape[:2],
     )
-    return maps, caption_tokens(bundle, captions)
+    return maps, bundle.tokens(captions)
 
 
 def foreground_masks(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -105,9 +98,7 @@ def foreground_masks(bundle, scenes: list[toyworld.Scene], config: DemoConfig) -
             maps.cross_attention_for(object_word_positions(tokens, scene, choice))[index]
             for index, (scene, tokens) in enumerate(zip(scenes, token_lists))
         ])
-        masks = gmm_binarize(attention).mask
-        masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
-        out[choice] = (masks.numpy(), attention.numpy())
+        out[choice] = (resize_mask(gmm_binarize(attention).mask, size).numpy(), attention.numpy())
     return out
 
 

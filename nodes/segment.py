@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from .. import preview
 from ..attention_patch.maps import AttentionMaps
 from ..attention_patch.tokens import find_word_positions, words_of
-from ..segment import aggregate_self_attention, gmm_binarize, kl_merge_segment, name_segments
+from ..segment import aggregate_self_attention, gmm_binarize, kl_merge_segment, name_segments, resize_mask
 from .types import CATEGORY, Attention
 
 
@@ -78,7 +78,7 @@ class GMMBinarize(io.ComfyNode):
         result = gmm_binarize(maps, ignore_mask=ignore, min_area=min_area, threshold_shift=threshold_shift,
                               majority_filter=majority_filter)
         size = output_size(attention, image)
-        mask = resize(result.mask, size)
+        mask = resize_mask(result.mask, size).float()
         soft = resize(result.soft, size, mode="bilinear").clamp(0, 1)
         if image is not None:
             shown = preview.overlay(image[..., :3], mask[..., None].expand(-1, -1, -1, 3) * torch.tensor([1.0, 0.2, 0.2]), 0.5)

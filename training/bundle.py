@@ -54,17 +54,24 @@ class ModelBundle:
     def object_prompt(self) -> str:
         return self.info.get("object_prompt", "a photo of a {}")
 
-    @torch.no_grad()
-    def encode_prompt(self, prompts: str | list[str]) -> torch.Tensor:
-        """Token ids -> ``last_hidden_state`` (B, L, D), padded to the tokenizer's ``model_max_length``."""
+    def token_ids(self, prompts: str | list[str]) -> torch.Tensor:
+        """``(B, L)`` ids padded to the tokenizer's ``model_max_length``: the text encoder's exact input."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        ids = self.tokenizer(
+        return self.tokenizer(
             prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
             return_tensors="pt",
         ).input_ids
+
+    def tokens(self, prompts: str | list[str]) -> list[list[str]]:
+        """Token strings per context position, as the cross-attention columns see them."""
+        return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in self.token_ids(prompts)]
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: str | list[str]) -> torch.Tensor:
+        """Token ids -> ``last_hidden_state`` (B, L, D), padded to the tokenizer's ``model_max_length``."""
         device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(ids.to(device))[0]
+        return self.text_encoder(self.token_ids(prompts).to(device))[0]
 
     def to(self, *args, **kwargs) -> "ModelBundle":
         self.unet.to(*args, **kwargs)

@@ -33,9 +33,7 @@ def word_maps(bundle, image: np.ndarray, caption: str, timesteps=(100, 300, 500)
     """
     from ..attention_patch.diffusers_backend import capture_attention
 
-    tokenizer = bundle.tokenizer
-    ids = tokenizer(caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
-    tokens = tokenizer.convert_ids_to_tokens(ids)
+    tokens = bundle.tokens(caption)[0]
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     maps = capture_attention(
         bundle.unet, bundle.codec.encode(x), bundle.encode_prompt(caption), list(timesteps), add_noise=True,
