@@ -17,7 +17,7 @@ import torch
 
 from segdrop.attention_patch.diffusers_backend import patched
 from segdrop.attention_patch.store import AttentionStore
-from segdrop.training.tiny_models import tiny_sd15_unet
+from segdrop.testing.tiny_models import tiny_sd15_unet
 
 
 def timed(fn) -> float:

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from segdrop.segment import aggregate_self_attention, gmm_binarize, kl_merge_segment
-from segdrop.segment.reference import (
+from segdrop.testing.reference import (
     aggregate_reference,
     authors_gmm_mask,
     kl_merge_reference,
     relabel_by_area,
 )
-from segdrop.segment.synthetic import sd15_like_attention, voronoi_labels
+from segdrop.testing.synthetic import sd15_like_attention, voronoi_labels
 
 
 def best_of(function, repeats: int) -> tuple[float, object]:

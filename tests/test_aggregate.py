@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from segdrop.attention_patch.maps import AttentionMaps
 from segdrop.segment import aggregate_self_attention, resolution_weights
-from segdrop.segment.reference import aggregate_reference
+from segdrop.testing.reference import aggregate_reference
 
 LAYOUTS = [
     [(16, 16), (8, 8), (4, 4)],

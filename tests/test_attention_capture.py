@@ -9,7 +9,7 @@ from segdrop.attention_patch import comfy_backend
 from segdrop.attention_patch.core import attention_with_capture, sdpa_attention
 from segdrop.attention_patch.diffusers_backend import capture_attention, patched
 from segdrop.attention_patch.store import CROSS, SELF, AttentionStore, resolution_of
-from segdrop.training.tiny_models import tiny_sd2_unet, tiny_sd15_unet, tiny_sdxl_unet
+from segdrop.testing.tiny_models import tiny_sd2_unet, tiny_sd15_unet, tiny_sdxl_unet
 
 
 def reference_probs(q, k, heads):

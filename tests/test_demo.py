@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from segdrop import demo, toyworld
 from segdrop.training.bundle import ModelBundle, save_bundle
 from segdrop.training.codec import PixelUnshuffleCodec
-from segdrop.training.tiny_models import tiny_text_encoder
+from segdrop.testing.tiny_models import tiny_text_encoder
 from segdrop.training.tokenizer import load_tokenizer, write_word_tokenizer
 
 
@@ -65,7 +65,7 @@ def test_demo_runs_on_a_diffusers_sd_folder(tmp_path):
     """``--checkpoint`` with a diffusers Stable Diffusion folder (tiny random SD1.5 layout, VAE, CLIP tokenizer)."""
     from transformers import CLIPTokenizer
 
-    from segdrop.training.tiny_models import tiny_sd15_unet, tiny_vae
+    from segdrop.testing.tiny_models import tiny_sd15_unet, tiny_vae
     from segdrop.training.train_scratch import make_scheduler
 
     root = tmp_path / "sd"

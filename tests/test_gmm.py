@@ -16,7 +16,7 @@ from segdrop.segment import (
     orphan_filter,
     resize_mask,
 )
-from segdrop.segment.reference import authors_gmm_mask
+from segdrop.testing.reference import authors_gmm_mask
 
 
 def bimodal_map(seed, size=(24, 20), separation=12.0):

@@ -17,14 +17,14 @@ from segdrop.segment import (
     sampling_grid,
     symmetric_kl,
 )
-from segdrop.segment.reference import (
+from segdrop.testing.reference import (
     aggregate_reference,
     kl_elementwise,
     kl_merge_reference,
     official_fp16_distance,
     relabel_by_area,
 )
-from segdrop.segment.synthetic import sd15_like_attention, voronoi_labels
+from segdrop.testing.synthetic import sd15_like_attention, voronoi_labels
 
 
 def regions(seed, count, min_distance=0.3):

@@ -82,7 +82,7 @@ def test_pixel_unshuffle_codec_is_exact():
 
 
 def test_autoencoder_kl_codec_interface():
-    from segdrop.training.tiny_models import tiny_vae
+    from segdrop.testing.tiny_models import tiny_vae
 
     codec = AutoencoderKLCodec(tiny_vae(), scaling_factor=0.5)
     latents = codec.encode(torch.rand(1, 3, 32, 32))
@@ -114,7 +114,7 @@ def test_load_bundle_errors(tmp_path):
 
 
 def test_load_bundle_reads_a_diffusers_sd_folder(tmp_path):
-    from segdrop.training.tiny_models import tiny_sd15_unet, tiny_text_encoder, tiny_vae
+    from segdrop.testing.tiny_models import tiny_sd15_unet, tiny_text_encoder, tiny_vae
 
     root = tmp_path / "sd"
     tok = write_word_tokenizer(["a", "photo", "of", "cat"], root / "tokenizer")

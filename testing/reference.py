@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kl_merge import anchor_indices
+from ..segment.kl_merge import anchor_indices
 
 
 def bilinear_matrix_np(source: int, target: int) -> np.ndarray:
