@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from segdrop import demo, toyworld
 from segdrop.attention_patch.tokens import find_word_positions
+from segdrop.demo.protocol import EvalSettings, concept_attention
 from segdrop.segment import gmm_binarize
 from segdrop.segment.metrics import iou
 from segdrop.training.bundle import load_bundle
@@ -34,8 +35,9 @@ def test_every_caption_word_maps_to_its_own_token_id(bundle):
 def test_the_right_attention_column_localizes_best(bundle):
     """The colour word's column finds objects of that colour; the columns one to the left ("a") and one to the
     right (the shape word, which this small CPU-trained model binds weakly) score clearly lower."""
-    scenes = demo.scenes_for("column-test", 16, 7, bundle.image_size)
-    maps, token_lists = demo.concept_attention(bundle, scenes, demo.DemoConfig(out=None, t0=10, seed=7))
+    scenes = [toyworld.make_scene(toyworld.scene_seed(7, "column-test", i), size=bundle.image_size) for i in range(16)]
+    maps, token_lists = concept_attention(bundle, [s.image for s in scenes], [s.caption for s in scenes],
+                                          EvalSettings(t0=10, seed=7))
     scores: dict[int, list[float]] = {-1: [], 0: [], 1: []}
     for index, (scene, tokens) in enumerate(zip(scenes, token_lists)):
         for obj in scene.objects:
@@ -56,3 +58,8 @@ def test_default_model_is_small_safetensors_only():
     assert sum(p.stat().st_size for p in files) <= 20 * 2**20
     weights = [p for p in files if p.suffix in {".safetensors", ".bin", ".pt", ".ckpt", ".pth"}]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
+
+
+def test_a_word_outside_the_shipped_vocabulary_is_refused_with_the_vocabulary(bundle):
+    with pytest.raises(ValueError, match=r"'cyan'.*a, and, blue, circle, cross, diamond, green"):
+        bundle.tokens("a photo of a cyan circle")

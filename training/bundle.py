@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -54,10 +55,35 @@ class ModelBundle:
     def object_prompt(self) -> str:
         return self.info.get("object_prompt", "a photo of a {}")
 
+    @property
+    def vocabulary(self) -> list[str] | None:
+        """The closed word list of a word-level model (trained by ``scratch``); None for open BPE vocabularies."""
+        words = self.info.get("vocabulary")
+        return list(words) if words else None
+
+    def check_vocabulary(self, prompts: list[str]) -> None:
+        """Refuse words a word-level tokenizer does not know: it would split them into letters silently."""
+        known = self.vocabulary
+        if known is None:
+            return
+        known_set = set(known)
+        for prompt in prompts:
+            unknown = [w for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", prompt.lower()) if w not in known_set]
+            if unknown:
+                raise ValueError(
+                    f"The prompt {prompt!r} has {', '.join(map(repr, unknown))}, which this model's vocabulary "
+                    f"does not hold (its tokenizer would turn it into meaningless letter or end tokens). Use only these words, "
+                    f"without punctuation: {', '.join(known)}."
+                )
+
     def token_ids(self, prompts: str | list[str]) -> torch.Tensor:
-        """``(B, L)`` ids padded to the tokenizer's ``model_max_length``: the text encoder's exact input."""
+        """``(B, L)`` ids padded to the tokenizer's ``model_max_length``: the text encoder's exact input.
+
+        A word outside a word-level model's vocabulary is a ``ValueError`` listing the vocabulary.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
+        self.check_vocabulary(prompts)
         return self.tokenizer(
             prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
             return_tensors="pt",

@@ -1,0 +1,81 @@
+"""What people look at: one picture panel per image and the results as Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import preview
+from .data import LabelledImage
+from .protocol import PANEL_CHOICE
+
+
+def write_panels(
+    out: Path,
+    items: Sequence[LabelledImage],
+    attention: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+) -> list[Path]:
+    """One PNG per image: image | object-word heatmap | GMM mask | DiffSeg segments | ground truth."""
+    from PIL import Image
+
+    paths = []
+    for index, item in enumerate(items):
+        h, w = item.size
+        image = torch.from_numpy(item.rgb)[None]
+        tiles = [
+            image,
+            preview.heatmap(torch.from_numpy(np.asarray(attention[index]))[None], (h, w)),
+            torch.from_numpy(np.asarray(masks[index])).float()[None, ..., None].expand(1, h, w, 3),
+            preview.overlay(image, preview.colorize_labels(torch.from_numpy(labels[index])[None]), 0.6),
+            preview.colorize_labels(torch.from_numpy(item.labels)[None]),
+        ]
+        gap = torch.ones(1, h, 2, 3)
+        row = torch.cat([t for tile in tiles for t in (tile, gap)][:-1], dim=2)[0]
+        scale = max(1, 256 // h)
+        picture = (row.clamp(0, 1).numpy() * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+        paths.append(out / f"scene_{index:02d}.png")
+        Image.fromarray(picture).save(paths[-1])
+    return paths
+
+
+def results_markdown(results: dict) -> str:
+    height, width = results["image_size"]
+    lines = [
+        "# SegDrop evaluation results",
+        "",
+        f"Model: `{results.get('model', '?')}`; {results['images']} held-out images ({results.get('data', '')}) at "
+        f"{height}x{width}; {results.get('seconds', '?')} s.",
+        "",
+        "## Foreground masks (IoU with the union of object masks, mean over images)",
+        "",
+        "| method | IoU |",
+        "| --- | --- |",
+        *[f"| {name} | {value:.3f} |" for name, value in results["foreground_iou"].items()],
+        "",
+        "## Zero-shot segmentation (mIoU, per-image Hungarian matching as DiffSeg's protocol)",
+        "",
+        "| method | mIoU |",
+        "| --- | --- |",
+        *[f"| {name} | {value:.3f} |" for name, value in results["segmentation_miou"].items()],
+        "",
+        f"DiffSeg found {results['diffseg_segments_per_image']:.1f} segments per image on average at the chosen "
+        f"tau, {results['diffseg_segments_per_image_paper_tau']:.1f} at the paper's. Panels: image | attention of "
+        f"the {PANEL_CHOICE} | its GMM mask | DiffSeg segments | ground truth.",
+        "",
+    ]
+    if "word_localization" in results:
+        lines += [
+            "## Word localization (top-|mask| IoU and pointing of single words' cross-attention)",
+            "",
+            "| word | objects | IoU | pointing | chance IoU |",
+            "| --- | --- | --- | --- | --- |",
+            *[f"| {kind} | {row['objects']} | {row['iou']:.3f} | {row['pointing']:.3f} | {row['chance_iou']:.3f} |"
+              for kind, row in results["word_localization"].items() if isinstance(row, dict)],
+            "",
+        ]
+    return "\n".join(lines)
