@@ -243,8 +243,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, dataset):
     a, b = tmp_path / "a", tmp_path / "b"
     assert train_scratch.main(["--output_dir", str(a), "--steps", "6", *common]) == 0
     assert train_scratch.main(["--output_dir", str(b), "--steps", "3", *common]) == 0  # "killed" after step 3
-    # a half-written checkpoint from the kill is ignored on resume
+    # a half-written checkpoint from the kill, and a folder emptied by an interrupted prune, are cleaned on resume
     (b / "checkpoints" / "step_5.tmp").mkdir()
+    (b / "checkpoints" / "step_2").mkdir()
     # losses logged after the checkpoint (the kill came later) are dropped on resume
     with open(b / "loss.jsonl", "a") as fh:
         fh.write(json.dumps({"step": 4, "loss": 123.0}) + "\n")
@@ -260,6 +261,11 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, dataset):
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["step_3", "step_6"]
+    rows_a, rows_b = ([json.loads(x) for x in (o / "loss.jsonl").read_text().splitlines()] for o in (a, b))
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4, 5, 6]  # the stale step-4 row is gone, none duplicated
+    assert [r["lr"] for r in rows_b] == [r["lr"] for r in rows_a]  # the LR schedule resumed at step 3
+    state = json.loads((b / "checkpoints" / "step_6" / "training_state.json").read_text())
+    assert state["step"] == 6 and state["num_processes"] == 1 and state["loss"] == losses_a[-1]
 
 
 def test_bundle_save_is_atomic_on_failure(tmp_path, trained):
@@ -283,7 +289,7 @@ def test_generate_renders_toy_world_data(tmp_path):
 
 
 def test_cross_attention_maps_for_caption_words(trained):
-    from segdrop.training.evaluate import word_maps
+    from segdrop.demo.localization import word_maps  # moved from training/evaluate.py
 
     bundle = load_bundle(trained / "model")
     image = np.random.default_rng(0).random((16, 16, 3), dtype=np.float32)

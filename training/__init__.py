@@ -7,7 +7,10 @@
   folder, as a ``ModelBundle`` (unet, text_encoder, tokenizer, scheduler, codec, image_size, info);
   ``bundle.save_bundle`` writes one atomically.
 * ``codec.PixelUnshuffleCodec`` / ``codec.AutoencoderKLCodec``: image <-> latent with one interface.
-* ``python -m segdrop.training.evaluate MODEL`` checks that cross-attention localizes the named objects.
+* ``training.loop``: what every recipe shares: checkpoints (atomic, pruned, broken ones skipped), exact resume,
+  the loss log, the recorded process count.
+* ``training.sampling.sample(bundle, prompts)``: DDIM text-to-image samples to look at.
+* ``python -m segdrop demo --localization`` checks that cross-attention localizes the named objects.
 
 Nothing heavy is imported here; import the submodules.
 """

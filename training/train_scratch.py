@@ -15,10 +15,17 @@ Determinism: each step draws its batch indices, caption dropout, noise and times
 ``torch.Generator().manual_seed(seed * 1_000_003 + step)``, so a run killed and resumed from a checkpoint
 reproduces the uninterrupted run's losses and weights exactly (same hardware and thread count).
 
+Processes: ``batch_size`` is per process; with N processes each step draws one global batch of batch_size x N from
+the step's generator and process k trains on slice k, so the loss curve depends on the global batch. The learning
+rate is not scaled with N, and the LR schedule advances once per optimisation step whatever N (see
+``training/loop.py``). The process count is recorded (checkpoint state, model card, ``config.toml`` header) and a
+resume with another count is refused.
+
 Outputs in ``output_dir``: ``config.toml`` (effective config), ``tokenizer/``, ``loss.jsonl`` (one line per step),
 ``checkpoints/step_N/`` (``accelerator.save_state`` + ``training_state.json``; written to ``step_N.tmp`` and
 renamed, last ``checkpoints_total_limit`` kept), ``model/`` (the final bundle, see ``training/bundle.py``), and
-``data/`` when ``--generate`` is used.
+``data/`` when ``--generate`` is used. Checkpoint listing, saving, pruning, resume and the loss log live in
+``training/loop.py`` for reuse by other recipes.
 
 No horizontal-flip augmentation: captions carry no left/right words today, but a flip would have to keep
 any future spatial words consistent, so the recipe simply does not flip.
@@ -44,14 +51,29 @@ import tomllib
 import torch
 import torch.nn.functional as F
 
+from .loop import (
+    CHECKPOINT_PREFIX,
+    LOSS_FILE,
+    STATE_FILE,
+    ConfigError,
+    LossLog,
+    check_scheduler_position,
+    checkpoint_state,
+    dumps_strict,
+    finite_or_none,
+    launch_command,
+    list_checkpoints,
+    load_latest_checkpoint,
+    make_accelerator,
+    prepare_run_dir,
+    save_checkpoint,
+    write_text_atomic,
+)
+
 logger = logging.getLogger("segdrop.training.scratch")
 
-CHECKPOINT_PREFIX = "step_"
-STATE_FILE = "training_state.json"
-
-
-class ConfigError(ValueError):
-    """A bad setting, config file or data folder; ``main`` reports it and returns 2."""
+# the checkpoint names and ConfigError stay importable from here, as before the move to loop.py
+__all__ = ["CHECKPOINT_PREFIX", "STATE_FILE", "ConfigError", "ScratchConfig", "list_checkpoints", "main", "train"]
 
 
 @dataclass
@@ -344,61 +366,13 @@ def make_text_encoder(config: ScratchConfig, tokenizer):
     return CLIPTextModel(te_config)
 
 
-def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
-    return torch.clamp(snr, max=gamma) / snr  # epsilon prediction
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR, with SNR from
+    diffusers' ``compute_snr`` so the recipes share one definition."""
+    from diffusers.training_utils import compute_snr
 
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    found = []
-    root = out / "checkpoints"
-    if root.is_dir():
-        for p in root.iterdir():
-            name = p.name
-            if p.is_dir() and name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit():
-                if (p / STATE_FILE).is_file():
-                    found.append((int(name[len(CHECKPOINT_PREFIX):]), p))
-    return sorted(found)
-
-
-def save_checkpoint(accelerator, out: Path, step: int, state: dict, limit: int) -> Path:
-    root = out / "checkpoints"
-    final = root / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = root / f"{CHECKPOINT_PREFIX}{step}.tmp"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in list_checkpoints(out)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def truncate_loss_log(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError):
-                pass
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, path)
+    snr = compute_snr(noise_scheduler, timesteps)
+    return torch.clamp(snr, max=gamma) / snr
 
 
 def bundle_megabytes(modules, bytes_per_param: int) -> float:
@@ -408,8 +382,17 @@ def bundle_megabytes(modules, bytes_per_param: int) -> float:
 # ----------------------------------------------------------------------------------------------- training
 
 
+def config_header(num_processes: int, batch_size: int, command: str) -> str:
+    """TOML comments recording the launch: ``config.toml`` keeps only settings, which parse back unchanged."""
+    return (f"# written by: {' '.join(command.splitlines())}\n"
+            f"# num_processes = {num_processes}; batch_size is per process: global batch = "
+            f"{batch_size} x {num_processes} = {batch_size * num_processes}\n")
+
+
 def train(config: ScratchConfig, command: str) -> dict:
-    from accelerate import Accelerator
+    """Train (or resume) the run described by ``config``; ``command`` is the single-process command line
+    (``python -m segdrop.training scratch ...``), recorded as the equivalent ``accelerate launch`` one when several
+    processes run. Returns steps, wall time, final loss (``None`` if unknown) and the model folder."""
     from accelerate.utils import set_seed
     from diffusers.optimization import get_constant_schedule_with_warmup
     from transformers import CLIPTokenizer
@@ -422,16 +405,12 @@ def train(config: ScratchConfig, command: str) -> dict:
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     out = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=config.mixed_precision)
     is_main = accelerator.is_main_process
-    checkpoints = list_checkpoints(out) if config.resume else []
-    if not config.resume and is_main and (list_checkpoints(out) or (out / "loss.jsonl").exists()):
-        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or pick a new output_dir")
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in (out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*.tmp") if (out / "checkpoints").is_dir() else []:
-            shutil.rmtree(stale, ignore_errors=True)  # half-written by a killed run
-    accelerator.wait_for_everyone()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    command = launch_command(command, world)
+    global_batch = config.batch_size * world
+    prepare_run_dir(accelerator, out, config.resume)
 
     # data ------------------------------------------------------------------------------------------
     if config.generate > 0:
@@ -460,40 +439,39 @@ def train(config: ScratchConfig, command: str) -> dict:
     text_encoder = make_text_encoder(config, tokenizer)
     unet = make_unet(config, config.text_hidden_size)
     scheduler = make_scheduler()
-    alphas_cumprod = scheduler.alphas_cumprod.clone()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps)
+    # make_accelerator: the prepared scheduler steps once per optimisation step, not once per process
     unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
 
     step, wall_before = 0, 0.0
-    if is_main:
-        (out / "config.toml").write_text(dump_toml(config))
-    if checkpoints:
-        step_found, path = checkpoints[-1]
-        accelerator.load_state(str(path))
-        state = json.loads((path / STATE_FILE).read_text())
-        step, wall_before = int(state["step"]), float(state.get("wall_time_s", 0.0))
-        if is_main:
-            truncate_loss_log(out / "loss.jsonl", step)
-        logger.info("resumed from %s at step %d", path, step)
+    resumed = load_latest_checkpoint(accelerator, out) if config.resume else None
+    if resumed is not None:
+        step, wall_before = resumed.step, float(resumed.state.get("wall_time_s") or 0.0)
+        check_scheduler_position(lr_scheduler, step, resumed.path)
     elif config.resume:
         logger.info("no checkpoint in %s: starting from step 0", out)
+    log = LossLog(out / LOSS_FILE)
+    if is_main:
+        if config.resume:
+            log.truncate(step)  # rows after the checkpoint (all rows when starting over) are trained again
+        write_text_atomic(out / "config.toml", config_header(world, config.batch_size, command) + dump_toml(config))
     accelerator.wait_for_everyone()
 
-    n, world, rank = len(records), accelerator.num_processes, accelerator.process_index
     device = accelerator.device
+    n = len(records)
     unet.train()
     text_encoder.train()
-    loss_file = open(out / "loss.jsonl", "a", encoding="utf-8") if is_main else None
+    if is_main:
+        log.open()
     recent: list[float] = []
     tic = time.time()
     stopped_early = False
-    last_loss = float("nan")
+    last_loss: float | None = None
     try:
         while step < config.steps:
             g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            global_batch = config.batch_size * world
             index = torch.randint(0, n, (global_batch,), generator=g)
             drop = torch.rand(global_batch, generator=g) < config.caption_dropout
             noise = torch.randn(global_batch, codec.latent_channels, config.image_size // codec.factor,
@@ -511,11 +489,12 @@ def train(config: ScratchConfig, command: str) -> dict:
                 pred = unet(noisy, timesteps.to(device), hidden).sample
             per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
             if config.snr_gamma > 0:
-                per_sample = per_sample * snr_weights(alphas_cumprod, timesteps, config.snr_gamma).to(device)
+                per_sample = per_sample * min_snr_weights(scheduler, timesteps, config.snr_gamma).to(device)
             loss = per_sample.mean()
             accelerator.backward(loss)
             if config.max_grad_norm > 0 and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            lr = float(optimizer.param_groups[0]["lr"])  # the rate this step's update uses
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -524,33 +503,41 @@ def train(config: ScratchConfig, command: str) -> dict:
             last_loss = accelerator.reduce(loss.detach(), "mean").item()
             recent.append(last_loss)
             if is_main:
-                loss_file.write(json.dumps({"step": step, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0]}) + "\n")
-                loss_file.flush()
+                log.append(step, last_loss, lr)
                 if step % config.log_every == 0 or step == config.steps:
                     rate = (time.time() - tic) / max(1, len(recent))
-                    logger.info("step %d/%d loss %.4f (mean of last %d: %.4f) %.2f s/step, ~%.1f min left",
+                    logger.info("step %d/%d loss %.4f (mean of last %d: %.4f) lr %.3g %.2f s/step, ~%.1f min left",
                                 step, config.steps, last_loss, min(len(recent), config.log_every),
                                 sum(recent[-config.log_every:]) / min(len(recent), config.log_every),
-                                rate, rate * (config.steps - step) / 60)
+                                lr, rate, rate * (config.steps - step) / 60)
             over_time = config.max_train_minutes > 0 and (wall_before + time.time() - started) > config.max_train_minutes * 60
             if world > 1:  # every process must stop at the same step
                 over_time = accelerator.reduce(torch.tensor(float(over_time), device=device), "sum").item() > 0
             if step % config.checkpointing_steps == 0 or step == config.steps or over_time:
-                save_checkpoint(accelerator, out, step,
-                                {"step": step, "wall_time_s": wall_before + time.time() - started, "seed": config.seed},
-                                config.checkpoints_total_limit)
+                state = checkpoint_state(step, num_processes=world, batch_size=config.batch_size, loss=last_loss,
+                                         lr=lr, wall_time_s=wall_before + time.time() - started, seed=config.seed,
+                                         command=command)
+                save_checkpoint(accelerator, out, step, state, config.checkpoints_total_limit)
             if over_time and step < config.steps:
                 logger.info("max_train_minutes=%.1f reached at step %d: stopping", config.max_train_minutes, step)
                 stopped_early = True
                 break
     finally:
-        if loss_file is not None:
-            loss_file.close()
+        log.close()
 
     # export ----------------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     wall = wall_before + time.time() - started
-    result = {"steps": step, "wall_time_s": round(wall, 1), "final_loss": last_loss, "output": str(out / "model")}
+    rows = log.rows()
+    # the loss of the exported step: from the log (also when this launch trained no step, e.g. a resume of a
+    # finished run), else from the checkpoint state; None (JSON null) when neither knows it
+    final_loss = log.loss_at(step)
+    if final_loss is None and resumed is not None and resumed.step == step:
+        final_loss = finite_or_none(resumed.state.get("loss"))
+    if final_loss is None and last_loss is not None:
+        final_loss = finite_or_none(last_loss)
+    result = {"steps": step, "wall_time_s": round(wall, 1), "final_loss": final_loss,
+              "num_processes": world, "global_batch_size": global_batch, "output": str(out / "model")}
     if is_main:
         unet_m = accelerator.unwrap_model(unet).eval()
         te_m = accelerator.unwrap_model(text_encoder).eval()
@@ -559,9 +546,9 @@ def train(config: ScratchConfig, command: str) -> dict:
             dtype = "float32" if bundle_megabytes([unet_m, te_m], 4) <= 20 else "float16"
         if dtype == "float16":
             unet_m, te_m = unet_m.to(torch.float16), te_m.to(torch.float16)
-        losses = [json.loads(x)["loss"] for x in (out / "loss.jsonl").read_text().splitlines() if x.strip()]
+        losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
         tail = losses[-100:]
-        info = {
+        info = finite_or_none({
             "object_prompt": config.object_prompt,
             "prediction_type": "epsilon",
             "max_length": config.max_length,
@@ -569,19 +556,23 @@ def train(config: ScratchConfig, command: str) -> dict:
             "train_command": command,
             "recipe": "scratch",
             "config": dataclasses.asdict(config),
+            "num_processes": world,
+            "global_batch_size": global_batch,
             "steps": step,
             "stopped_early": stopped_early,
             "wall_time_s": round(wall, 1),
             "first_loss": losses[0] if losses else None,
-            "final_loss": last_loss,
+            "final_loss": final_loss,
             "final_loss_mean_last_100": sum(tail) / len(tail) if tail else None,
             "train_scenes": len(records),
             "weights_dtype": dtype,
             "torch": torch.__version__,
-        }
+        })
+        dumps_strict(info, default=str)  # save_bundle writes it with json.dumps: guarantee valid JSON here
         bundle = ModelBundle(unet_m, te_m, tokenizer, scheduler, codec, config.image_size, info)
         save_bundle(bundle, out / "model")
-        logger.info("wrote %s (%d steps, %.1f min, last loss %.4f)", out / "model", step, wall / 60, last_loss)
+        logger.info("wrote %s (%d steps, %d process(es), %.1f min, last loss %s)", out / "model", step, world,
+                    wall / 60, "unknown" if final_loss is None else f"{final_loss:.4f}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
