@@ -1,4 +1,5 @@
-"""The shipped workflows are current, well-linked, and use the nodes' real widget order."""
+"""The shipped workflows are current, well-linked, laid out without overlaps, use the nodes' real widget order,
+and only UI-format files (each with a thumbnail) sit where ComfyUI's template browser looks."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ WIDGET_TYPES = {"STRING", "INT", "FLOAT", "BOOLEAN", "COMBO"}
 @pytest.mark.parametrize("name", sorted(build.WORKFLOWS))
 def test_files_are_generated_from_the_description(name, tmp_path):
     build.write_all(tmp_path)
-    for suffix in (".json", ".api.json"):
-        assert json.loads((tmp_path / f"{name}{suffix}").read_text()) == json.loads((FOLDER / f"{name}{suffix}").read_text())
+    for path in (build.ui_path, build.api_path):
+        assert json.loads(path(name, tmp_path).read_text()) == json.loads(path(name, FOLDER).read_text())
 
 
 @pytest.mark.parametrize("name", sorted(build.WORKFLOWS))
@@ -44,3 +45,64 @@ def test_pack_node_widgets_match_the_schemas(nodes):
         assert widgets == [s.id for s in schema.inputs if s.io_type in WIDGET_TYPES]
         assert [name for name, _ in sockets] == [s.id for s in schema.inputs if s.io_type not in WIDGET_TYPES]
         assert [kind for _, kind in outputs] == [s.io_type for s in schema.outputs]
+
+
+def is_api_format(data) -> bool:
+    return isinstance(data, dict) and bool(data) and all(
+        isinstance(node, dict) and "class_type" in node for node in data.values()
+    )
+
+
+def test_template_browser_folder_holds_only_ui_workflows_with_thumbnails():
+    """ComfyUI lists every ``<pack>/workflows/*.json`` as a template (not subfolders) and shows ``<name>.jpg``."""
+    listed = sorted(FOLDER.glob("*.json"))
+    assert [path.stem for path in listed] == sorted(build.WORKFLOWS)
+    for path in listed:
+        data = json.loads(path.read_text())
+        assert not is_api_format(data), f"{path.name} is API format: it belongs in workflows/{build.API_FOLDER}/"
+        assert data["version"] == 0.4 and data["nodes"], path.name
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file(), f"{path.name} has no thumbnail {thumbnail.name}"
+        assert thumbnail.stat().st_size < 50_000
+        assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
+    for name in build.WORKFLOWS:
+        assert is_api_format(json.loads(build.api_path(name, FOLDER).read_text()))
+
+
+@pytest.mark.parametrize("name", sorted(build.WORKFLOWS))
+def test_nodes_are_at_least_as_large_as_the_frontend_draws_them(name):
+    ui = json.loads((FOLDER / f"{name}.json").read_text())
+    for node in ui["nodes"]:
+        width, height = build.estimate_size(node["type"])
+        assert node["size"][0] >= width and node["size"][1] >= height, (node["id"], node["type"], node["size"])
+        # The estimate counts every slot row and widget the node has in the file.
+        sockets, widgets, outputs = build.NODE_TYPES[node["type"]]
+        assert len(node["widgets_values"]) == len(widgets)
+        rows = max(len(node["inputs"]), len(node["outputs"]), 1)
+        assert height >= rows * build.SLOT_HEIGHT + len(widgets) * build.WIDGET_HEIGHT + build.NODE_MARGIN
+
+
+def test_the_size_estimate_matches_the_frontend_for_attention_capture():
+    """Measured in ComfyUI frontend 1.27.10: a loaded Attention Capture node is 316 px tall."""
+    assert build.estimate_size("SegDrop_AttentionCapture")[1] == 316
+
+
+@pytest.mark.parametrize("name", sorted(build.WORKFLOWS))
+def test_no_two_nodes_overlap(name):
+    ui = json.loads((FOLDER / f"{name}.json").read_text())
+    boxes = {node["id"]: build.bounding_box(node) for node in ui["nodes"]}
+    assert all(top >= 0 and left >= 0 for left, top, _, _ in boxes.values())
+    for first in boxes:
+        for second in boxes:
+            if first < second:
+                (l1, t1, r1, b1), (l2, t2, r2, b2) = boxes[first], boxes[second]
+                apart = r1 + 20 <= l2 or r2 + 20 <= l1 or b1 + 20 <= t2 or b2 + 20 <= t1
+                assert apart, f"{name}: nodes {first} and {second} overlap (or are under 20 px apart)"
+
+
+@pytest.mark.parametrize("name", sorted(build.WORKFLOWS))
+def test_links_run_left_to_right(name):
+    ui = json.loads((FOLDER / f"{name}.json").read_text())
+    nodes = {node["id"]: node for node in ui["nodes"]}
+    for _, source, _, target, _, _ in ui["links"]:
+        assert nodes[source]["pos"][0] + nodes[source]["size"][0] < nodes[target]["pos"][0], (source, target)

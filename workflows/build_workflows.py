@@ -1,14 +1,27 @@
-"""Writes the example workflows in both formats from one description: UI (drag into ComfyUI) and API (POST /prompt).
+"""Writes the example workflows from one description: UI format (``workflows/<name>.json``, drag into ComfyUI or
+open from the template browser) and API format (``workflows/api/<name>.api.json``, for ``POST /prompt``).
 
-Run ``python workflows/build_workflows.py`` after changing a node's widgets; tests check the files are current.
+Run ``python workflows/build_workflows.py`` after changing a node's widgets or a graph; tests check the files are
+current. The API copies live in a subfolder because ComfyUI's template browser lists every ``*.json`` directly in
+a custom node's ``workflows/`` folder (``app/custom_node_manager.py`` globs ``<pack>/workflows/*.json``, not
+recursively), and an API-format file opened there gives an empty canvas.
+
+Layout: a node's column is its depth in the data flow (longest chain of links from a loader), so links run left
+to right; nodes in a column are stacked in id order. Each node's size is the frontend's own minimum for its
+slots, widgets and image preview (``estimate_size``, the rule of litegraph's ``LGraphNode.computeSize``) plus
+slack, so the frontend never has to grow a node on load (growing is what made nodes cover their neighbours).
+Rows and columns are separated by gaps that also leave room for the title bar, which sits above ``pos``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+API_FOLDER = "api"
+"""API-format copies go in ``workflows/api/``: the template browser does not scan subfolders."""
 
 # node type -> (input sockets [(name, type)], widget names in order, output sockets [(name, type)])
 NODE_TYPES: dict[str, tuple[list, list, list]] = {
@@ -33,6 +46,106 @@ NODE_TYPES: dict[str, tuple[list, list, list]] = {
         [("masks", "MASK"), ("labels", "MASK"), ("overlay", "IMAGE"), ("count", "INT"), ("names", "STRING")],
     ),
 }
+
+# What the frontend draws besides slots and one-line widgets (ComfyUI frontend 1.27, litegraph LGraphNode.computeSize):
+MULTILINE_WIDGETS = {("SegDrop_AttentionCapture", "prompt")}
+"""Text areas: a DOM widget of at least 50 px."""
+IMAGE_PREVIEW_NODES = {"LoadImage", "PreviewImage"}
+"""Nodes that show an image below their widgets (the frontend's image preview widget: at least 220 px)."""
+DISPLAY_NAMES = {
+    "CheckpointLoaderSimple": "Load Checkpoint",
+    "LoadImage": "Load Image",
+    "VAEEncode": "VAE Encode",
+    "PreviewImage": "Preview Image",
+    "MaskToImage": "Convert Mask to Image",
+    "SegDrop_AttentionCapture": "Attention Capture",
+    "SegDrop_GMMBinarize": "GMM Binarize (concept distillation)",
+    "SegDrop_KLMergeSegment": "KL Merge Segment (DiffSeg)",
+}
+
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT; drawn above a node's pos, not counted in its size
+SLOT_HEIGHT = 20  # LiteGraph.NODE_SLOT_HEIGHT, one row per input/output socket pair
+WIDGET_HEIGHT = 20 + 4  # LiteGraph.NODE_WIDGET_HEIGHT + spacing
+MULTILINE_HEIGHT = 50 + 4
+IMAGE_PREVIEW_HEIGHT = 220 + 4
+WIDGETS_PADDING = 8  # added once below the widgets
+NODE_MARGIN = 6  # added once at the bottom
+NODE_MIN_WIDTH = 140  # LiteGraph.NODE_WIDTH; x1.5 with widgets
+CHAR_WIDTH = 8.4  # 14 px font, 0.6 em per character (litegraph's fallback text measure)
+WIDGET_PADDING = 42 + 2 * (15 + 6 + 10)  # a widget's value and arrows beside its label
+
+HEIGHT_SLACK = 40  # each node is this much taller than the frontend's minimum (rounded up to 10 px)
+WIDTH_SLACK = 40
+MIN_WIDTH = 320  # nodes with widgets or an image: roomier than the minimum, so values and pictures are not cramped
+COLUMN_GAP = 70  # between columns: room for the links (the whole graph stays narrow enough that the frontend's
+# fit-to-view on a 1920 px window zooms no lower than its 0.57 level-of-detail threshold, so titles stay readable)
+ROW_GAP = 50  # between a node's bottom and the next node's title bar
+ORIGIN = (40, 80)
+
+
+def estimate_size(node_type: str) -> tuple[int, int]:
+    """The smallest size ``[width, height]`` the frontend gives a node of this type (title bar not included)."""
+    sockets, widgets, outputs = NODE_TYPES[node_type]
+    height = max(len(sockets), len(outputs), 1) * SLOT_HEIGHT
+    if widgets or node_type in IMAGE_PREVIEW_NODES:
+        height += sum(MULTILINE_HEIGHT if (node_type, name) in MULTILINE_WIDGETS else WIDGET_HEIGHT for name in widgets)
+        height += IMAGE_PREVIEW_HEIGHT if node_type in IMAGE_PREVIEW_NODES else 0
+        height += WIDGETS_PADDING
+    height += NODE_MARGIN
+    slot_text = max((len(n) for n, _ in sockets), default=0) + max((len(n) for n, _ in outputs), default=0)
+    width = max(
+        NODE_MIN_WIDTH * (1.5 if widgets else 1),
+        TITLE_HEIGHT * 1.33 + CHAR_WIDTH * len(DISPLAY_NAMES[node_type]),
+        CHAR_WIDTH * slot_text + 2 * SLOT_HEIGHT + 5,
+        CHAR_WIDTH * max((len(n) for n in widgets), default=0) + WIDGET_PADDING,
+    )
+    return math.ceil(width), math.ceil(height)
+
+
+def node_size(node_type: str) -> list[int]:
+    """The size written to the UI file: the estimate plus slack, rounded up to 10 px."""
+    width, height = estimate_size(node_type)
+    roomy = bool(NODE_TYPES[node_type][1]) or node_type in IMAGE_PREVIEW_NODES
+    width = max(MIN_WIDTH if roomy else 0, 10 * math.ceil((width + WIDTH_SLACK) / 10))
+    return [width, 10 * math.ceil((height + HEIGHT_SLACK) / 10)]
+
+
+def bounding_box(node: dict) -> tuple[float, float, float, float]:
+    """``(left, top, right, bottom)`` of a UI node as drawn, title bar included."""
+    (x, y), (width, height) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+def depths(graph: dict) -> dict[int, int]:
+    """Each node's column: the longest chain of links from a node without inputs."""
+    depth: dict[int, int] = {}
+
+    def visit(node_id: int) -> int:
+        if node_id not in depth:
+            sources = [source for source, _ in graph[node_id][2].values()]
+            depth[node_id] = 1 + max((visit(source) for source in sources), default=-1)
+        return depth[node_id]
+
+    for node_id in graph:
+        visit(node_id)
+    return depth
+
+
+def layout(graph: dict) -> dict[int, tuple[list[int], list[int]]]:
+    """``{node_id: (pos, size)}``: columns by data-flow depth, left to right; nodes stacked in id order."""
+    depth = depths(graph)
+    columns = [sorted(n for n in graph if depth[n] == column) for column in range(max(depth.values()) + 1)]
+    placed = {}
+    x = ORIGIN[0]
+    for column in columns:
+        sizes = {node_id: node_size(graph[node_id][0]) for node_id in column}
+        y = ORIGIN[1]
+        for node_id in column:
+            placed[node_id] = ([x, y], sizes[node_id])
+            y += sizes[node_id][1] + ROW_GAP + TITLE_HEIGHT
+        x += max(width for width, _ in sizes.values()) + COLUMN_GAP
+    return placed
+
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 IMAGE = "example.png"
@@ -84,6 +197,7 @@ def api_format(graph: dict) -> dict:
 
 def ui_format(graph: dict) -> dict:
     links, nodes = [], []
+    placed = layout(graph)
     outgoing: dict[tuple[int, int], list[int]] = {}
     for target, (_, _, node_links) in graph.items():
         for name, (source, slot) in node_links.items():
@@ -95,8 +209,8 @@ def ui_format(graph: dict) -> dict:
         node = {
             "id": node_id,
             "type": node_type,
-            "pos": [40 + 360 * (position // 3), 60 + 260 * (position % 3)],
-            "size": [320, 200],
+            "pos": placed[node_id][0],
+            "size": placed[node_id][1],
             "flags": {},
             "order": position,
             "mode": 0,
@@ -116,10 +230,19 @@ def ui_format(graph: dict) -> dict:
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
+def ui_path(name: str, folder: Path = HERE) -> Path:
+    return folder / f"{name}.json"
+
+
+def api_path(name: str, folder: Path = HERE) -> Path:
+    return folder / API_FOLDER / f"{name}.api.json"
+
+
 def write_all(folder: Path = HERE) -> list[Path]:
     written = []
     for name, graph in WORKFLOWS.items():
-        for path, data in ((folder / f"{name}.json", ui_format(graph)), (folder / f"{name}.api.json", api_format(graph))):
+        for path, data in ((ui_path(name, folder), ui_format(graph)), (api_path(name, folder), api_format(graph))):
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data, indent=2) + "\n")
             written.append(path)
     return written
