@@ -2,8 +2,9 @@
 
 The transformer blocks are discovered by walking the UNet's input/middle/output blocks, so SD1.x, SD2.x and
 SDXL all work. State lives in closures (``ModelPatcher.clone`` deep-copies callable objects, not closures). Only
-the conditional rows (``cond_or_uncond == 0``) are captured. ComfyUI modules are imported inside functions, so
-this module imports without ComfyUI.
+the conditional rows (``cond_or_uncond == 0``) are captured. Every patch first checks ComfyUI's interrupt flag,
+so Cancel takes effect within one attention layer. ComfyUI modules are imported inside functions, so this module
+imports without ComfyUI.
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ from typing import Any
 
 import torch
 
+from .capture_loop import Interrupt, run_timestep_groups
 from .core import attention_with_capture
 from .store import CROSS, SELF, AttentionStore
 
 BlockKey = tuple[str, int, int]
+SUBLAYER = {SELF: "attn1", CROSS: "attn2"}
 
 
 def block_name(key: BlockKey) -> str:
     return "{}_{}_{}".format(*key)
+
+
+def layer_name(kind: str, key: BlockKey) -> str:
+    """``input_1_0.attn1`` / ``input_1_0.attn2``: each patch is counted on its own, so a silent one is caught."""
+    return f"{block_name(key)}.{SUBLAYER[kind]}"
 
 
 def discover_transformer_blocks(diffusion_model: Any) -> list[BlockKey]:
@@ -53,10 +61,19 @@ def cond_rows(extra_options: dict, batch: int) -> slice:
     return slice(start, start + chunk)
 
 
-def make_replace_patch(kind: str, key: BlockKey, store: AttentionStore, fallback: Callable) -> Callable:
-    name = block_name(key)
+def make_replace_patch(
+    kind: str, key: BlockKey, store: AttentionStore, fallback: Callable, interrupt: Interrupt | None = None
+) -> Callable:
+    """The attn1 (``SELF``) or attn2 (``CROSS``) replace patch of one transformer block.
+
+    ``interrupt`` runs first in every call (ComfyUI's cancel check), so a cancel stops the capture within one
+    attention layer instead of after a whole batched UNet call.
+    """
+    name = layer_name(kind, key)
 
     def replace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        if interrupt is not None:
+            interrupt()
         store.hit(name)
         heads = extra_options["n_heads"]
         shape = extra_options.get("activations_shape")
@@ -80,15 +97,29 @@ def comfy_attention() -> Callable:
     return attend
 
 
-def patch_model(model: Any, store: AttentionStore, fallback: Callable | None = None) -> Any:
-    """A clone of ``model`` (a ComfyUI ModelPatcher) whose every attention op records into ``store``."""
+def comfy_interrupt() -> Interrupt:
+    """ComfyUI's cancel check: raises ``InterruptProcessingException`` once the user pressed Cancel."""
+    from comfy.model_management import throw_exception_if_processing_interrupted
+
+    return throw_exception_if_processing_interrupted
+
+
+def patch_model(
+    model: Any, store: AttentionStore, fallback: Callable | None = None, interrupt: Interrupt | None = None
+) -> Any:
+    """A clone of ``model`` (a ComfyUI ModelPatcher) whose every attention op records into ``store``.
+
+    ``fallback`` (ComfyUI's attention) and ``interrupt`` (ComfyUI's cancel check) are looked up once here when
+    not given, not in every layer call.
+    """
     clone = model.clone()
     keys = discover_transformer_blocks(clone.get_model_object("diffusion_model"))
     fallback = fallback or comfy_attention()
-    store.register(block_name(key) for key in keys)
+    interrupt = interrupt or comfy_interrupt()
+    store.register(layer_name(kind, key) for key in keys for kind in (SELF, CROSS))
     for key in keys:
-        clone.set_model_attn1_replace(make_replace_patch(SELF, key, store, fallback), key[0], key[1], key[2])
-        clone.set_model_attn2_replace(make_replace_patch(CROSS, key, store, fallback), key[0], key[1], key[2])
+        clone.set_model_attn1_replace(make_replace_patch(SELF, key, store, fallback, interrupt), *key)
+        clone.set_model_attn2_replace(make_replace_patch(CROSS, key, store, fallback, interrupt), *key)
     return clone
 
 
@@ -141,19 +172,15 @@ def run_capture(
         )
     images = samples.shape[0]
     store.images, store.latent_hw = images, (samples.shape[2], samples.shape[3])
-    patched = patch_model(model, store)
+    interrupt = comfy.model_management.throw_exception_if_processing_interrupted
+    patched = patch_model(model, store, interrupt=interrupt)
     sampling = patched.get_model_object("model_sampling")
-    generator = torch.Generator().manual_seed(seed)
-    per_call = max(1, max_batch // images)
-    timesteps = list(timesteps)
-    for start in range(0, len(timesteps), per_call):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        group = timesteps[start : start + per_call]
+
+    def run_group(group: list[int], noise: torch.Tensor | None) -> None:
         sigma = sampling.sigma(torch.tensor(group, dtype=torch.float32)).repeat_interleave(images)
-        noise = torch.cat([torch.randn(samples.shape, generator=generator) for _ in group])
         batch = samples.repeat(len(group), 1, 1, 1)
 
-        def one_pass(model_k, x, sigmas, extra_args=None, callback=None, disable=None, sigma=sigma):
+        def one_pass(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
             sig = sigma.to(x.device, x.dtype)
             clean = model_k.latent_image
             if add_noise:
@@ -165,7 +192,7 @@ def run_capture(
 
         comfy.sample.sample_custom(
             patched,
-            noise,
+            noise if noise is not None else torch.zeros(batch.shape),  # unused without noise; the sampler wants one
             1.0,
             comfy.samplers.KSAMPLER(one_pass),
             torch.stack([sigma.max(), torch.zeros(())]),
@@ -175,6 +202,8 @@ def run_capture(
             seed=seed,
             disable_pbar=True,
         )
-        if progress is not None:
-            progress(min(start + per_call, len(timesteps)), len(timesteps))
-    store.check_hits()
+
+    run_timestep_groups(
+        timesteps, run_group, store=store, images=images, max_batch=max_batch,
+        noise_shape=samples.shape if add_noise else None, seed=seed, progress=progress, interrupt=interrupt,
+    )

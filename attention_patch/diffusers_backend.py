@@ -10,20 +10,27 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from .capture_loop import CaptureInterrupted, Interrupt, draw_noise, run_timestep_groups, stop_check
 from .core import attention_with_capture, sdpa_attention
 from .maps import AttentionMaps
 from .store import CROSS, SELF, AttentionStore, resolution_of
 
 
 class CaptureProcessor:
-    """Computes what diffusers' ``AttnProcessor2_0`` computes, and records probabilities of kept layers."""
+    """Computes what diffusers' ``AttnProcessor2_0`` computes, and records probabilities of kept layers.
 
-    def __init__(self, name: str, store: AttentionStore, original):
+    ``interrupt`` runs first in every call, so a cancel takes effect within one layer, not one batched UNet call.
+    """
+
+    def __init__(self, name: str, store: AttentionStore, original, interrupt: Interrupt | None = None):
         self.name = name
         self.store = store
         self.original = original
+        self.interrupt = interrupt
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if self.interrupt is not None:
+            self.interrupt()
         kind = SELF if encoder_hidden_states is None else CROSS
         store = self.store
         store.hit(self.name)
@@ -71,14 +78,16 @@ def attention_layers(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def patched(unet: torch.nn.Module, store: AttentionStore) -> Iterator[AttentionStore]:
-    """Install capture processors for the duration of the block, then restore the originals."""
+def patched(
+    unet: torch.nn.Module, store: AttentionStore, interrupt: Interrupt | None = None
+) -> Iterator[AttentionStore]:
+    """Install capture processors for the duration of the block, then restore the originals (also on a raise)."""
     layers = attention_layers(unet)
     originals = {name: module.processor for name, module in layers.items()}
     store.register(layers)
     try:
         for name, module in layers.items():
-            module.set_processor(CaptureProcessor(name, store, originals[name]))
+            module.set_processor(CaptureProcessor(name, store, originals[name], interrupt))
         yield store
     finally:
         for name, module in layers.items():
@@ -89,11 +98,18 @@ def noisy_latents(
     latents: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """q(z_t | z_0) with fresh noise per timestep, drawn in timestep order: ``(T * B, C, h, w)``."""
+    return add_noise_to(latents, timesteps, alphas_cumprod, draw_noise(latents.shape, timesteps, generator))
+
+
+def add_noise_to(
+    latents: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """q(z_t | z_0) for each timestep, given its standard noise ``noise[i * B : (i + 1) * B]``."""
+    images = latents.shape[0]
     out = []
-    for t in timesteps:
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
+    for i, t in enumerate(timesteps):
         a = alphas_cumprod[t].to(latents)
-        out.append(a.sqrt() * latents + (1 - a).sqrt() * noise)
+        out.append(a.sqrt() * latents + (1 - a).sqrt() * noise[i * images : (i + 1) * images].to(latents))
     return torch.cat(out)
 
 
@@ -114,12 +130,15 @@ def capture_attention(
     added_cond_kwargs: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     store: AttentionStore | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> AttentionMaps:
     """Average attention of ``unet`` on ``latents`` over ``timesteps``; one conditional pass per timestep.
 
     ``latents``: ``(B, C, h, w)`` clean latents (already scaled as the UNet expects). ``text_embeddings``:
     ``(1 or B, T, D)``. Without noise the UNet sees the clean latent labelled with each timestep (DiffSeg).
-    Several timesteps run as one batch of up to ``max_batch`` rows.
+    Several timesteps run as one batch of up to ``max_batch`` rows. ``should_stop`` is polled before every
+    batched call and in every attention layer; once it returns True the capture raises
+    :class:`CaptureInterrupted` (a cancel waits for one layer, not for a whole batched UNet call).
     """
     if latents.ndim != 4:
         raise ValueError(f"Latents must be (B, C, h, w); got shape {tuple(latents.shape)}.")
@@ -135,27 +154,28 @@ def capture_attention(
     store = store or AttentionStore(keep_self=keep_self, keep_cross=keep_cross)
     store.images, store.latent_hw = images, (latents.shape[2], latents.shape[3])
     context = text_embeddings.expand(images, -1, -1) if text_embeddings.shape[0] == 1 else text_embeddings
-    generator = torch.Generator().manual_seed(seed)
-    per_call = max(1, max_batch // images)
     timesteps = list(timesteps)
-    with torch.no_grad(), patched(unet, store):
-        for start in range(0, len(timesteps), per_call):
-            group = timesteps[start : start + per_call]
-            if add_noise:
-                sample = noisy_latents(latents, group, alphas_cumprod, generator)
-            else:
-                sample = latents.repeat(len(group), 1, 1, 1)
-            t = torch.tensor(group, device=latents.device).repeat_interleave(images)
-            kwargs = {}
-            if added_cond_kwargs:
-                kwargs["added_cond_kwargs"] = {k: v.repeat(len(group), *[1] * (v.ndim - 1)) for k, v in added_cond_kwargs.items()}
-            unet(sample, t, context.repeat(len(group), 1, 1), **kwargs)
-            if progress is not None:
-                progress(min(start + per_call, len(timesteps)), len(timesteps))
-    store.check_hits()
+
+    def run_group(group: list[int], noise: torch.Tensor | None) -> None:
+        sample = latents.repeat(len(group), 1, 1, 1) if noise is None else add_noise_to(latents, group, alphas_cumprod, noise)
+        t = torch.tensor(group, device=latents.device).repeat_interleave(images)
+        kwargs = {}
+        if added_cond_kwargs:
+            kwargs["added_cond_kwargs"] = {k: v.repeat(len(group), *[1] * (v.ndim - 1)) for k, v in added_cond_kwargs.items()}
+        unet(sample, t, context.repeat(len(group), 1, 1), **kwargs)
+
+    interrupt = stop_check(should_stop)
+    with torch.no_grad(), patched(unet, store, interrupt):
+        run_timestep_groups(
+            timesteps, run_group, store=store, images=images, max_batch=max_batch,
+            noise_shape=latents.shape if add_noise else None, seed=seed, progress=progress, interrupt=interrupt,
+        )
     size = image_size or (latents.shape[2] * 8, latents.shape[3] * 8)
     meta = {"backend": "diffusers", "timesteps": timesteps, "add_noise": add_noise, "seed": seed}
     return store.to_maps(list(tokens), size, meta)
 
 
-__all__ = ["CaptureProcessor", "attention_layers", "capture_attention", "patched", "noisy_latents", "sdpa_attention"]
+__all__ = [
+    "CaptureInterrupted", "CaptureProcessor", "add_noise_to", "attention_layers", "capture_attention", "noisy_latents",
+    "patched", "sdpa_attention",
+]

@@ -81,11 +81,14 @@ class AttentionStore:
         self.hits[layer] = self.hits.get(layer, 0) + 1
 
     def check_hits(self) -> None:
+        """Raise if a registered layer never fired: its map would silently be missing from the averages."""
         silent = [name for name, count in self.hits.items() if count == 0]
         if silent:
+            shown = ", ".join(silent[:4]) + (f" and {len(silent) - 4} more" if len(silent) > 4 else "")
             raise RuntimeError(
-                f"{len(silent)} patched attention layers never ran ({', '.join(silent[:4])}...): the patch keys do "
-                "not match this model's blocks. Please report this with the model's type."
+                f"{len(silent)} of {len(self.hits)} patched attention layers never ran ({shown}): the patch keys do "
+                "not match this model's blocks, or another patch replaced them. Please report this with the "
+                "model's type."
             )
 
     def nbytes(self) -> int:

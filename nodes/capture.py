@@ -29,6 +29,17 @@ def preview_image(maps: AttentionMaps, word: str) -> torch.Tensor:
     return torch.zeros(maps.batch_size or 1, size[0], size[1], 3)
 
 
+def check_something_is_kept(preset: str, prompt: str, keep_self: bool, keep_cross: bool) -> None:
+    """Refuse before sampling when the capture would keep no map (it would run every timestep for nothing)."""
+    if keep_self or keep_cross:
+        return
+    raise ValueError(
+        f"The {preset} preset keeps only cross-attention, and the prompt {prompt!r} has no words, so there is no "
+        "attention to capture. Give a prompt naming the object, such as 'a photo of a bird', or use the "
+        f"{schedules.DIFFSEG} preset (self-attention, no prompt needed)."
+    )
+
+
 class AttentionCapture(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -88,17 +99,18 @@ class AttentionCapture(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, latent, prompt, preset, seed, t0, timesteps, add_noise, preview_word, max_batch,
                 conditioning=None) -> io.NodeOutput:
-        import comfy.utils
-
         schedule = schedules.schedule_for(preset, t0=t0, timesteps=timesteps, add_noise=add_noise)
         tokens = tokenizer_strings(clip, prompt)
+        # An empty prompt (DiffSeg's setting) has no word to name segments with: skip its cross-attention.
+        keep_cross = schedule.keep_cross and bool(words_of(tokens))
+        check_something_is_kept(preset, prompt, schedule.keep_self, keep_cross)
         if preview_word.strip():
             find_word_positions(tokens, preview_word)  # fail before the long part on a word not in the prompt
         if conditioning is None:
             conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        # An empty prompt (DiffSeg's setting) has no word to name segments with: skip its cross-attention.
-        keep_cross = schedule.keep_cross and bool(words_of(tokens))
         store = AttentionStore(keep_self=schedule.keep_self, keep_cross=keep_cross)
+        import comfy.utils
+
         bar = comfy.utils.ProgressBar(len(schedule.timesteps))
         run_capture(
             model, conditioning, latent, schedule.timesteps, add_noise=schedule.add_noise, seed=seed, store=store,

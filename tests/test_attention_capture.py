@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from segdrop.attention_patch import comfy_backend
+from segdrop.attention_patch.capture_loop import CaptureInterrupted
 from segdrop.attention_patch.core import attention_with_capture, sdpa_attention
-from segdrop.attention_patch.diffusers_backend import capture_attention, patched
+from segdrop.attention_patch.diffusers_backend import attention_layers, capture_attention, patched
 from segdrop.attention_patch.store import CROSS, SELF, AttentionStore, resolution_of
 from segdrop.testing.tiny_models import tiny_sd2_unet, tiny_sd15_unet, tiny_sdxl_unet
 
@@ -170,7 +171,7 @@ def test_replace_patch_keeps_only_the_conditional_chunk(order):
     assert (out - sdpa_attention(q, k, v, heads)).abs().max() < 1e-5
     cond = slice(order.index(0) * images, (order.index(0) + 1) * images)
     assert torch.allclose(store.sums[(SELF, (4, 4))].double(), reference_probs(q[cond], k[cond], heads), atol=1e-6)
-    assert store.hits["input_1_0"] == 1
+    assert store.hits == {"input_1_0.attn1": 1}
 
 
 def test_replace_patch_skips_layers_not_kept():
@@ -178,4 +179,132 @@ def test_replace_patch_skips_layers_not_kept():
     patch = comfy_backend.make_replace_patch(CROSS, ("middle", 0, 0), store, sdpa_attention)
     q, k = torch.randn(1, 16, 8), torch.randn(1, 77, 8)
     patch(q, k, k, {"n_heads": 2, "dim_head": 4, "cond_or_uncond": [0], "activations_shape": [1, 8, 4, 4]})
-    assert store.sums == {} and store.hits["middle_0_0"] == 1
+    assert store.sums == {} and store.hits == {"middle_0_0.attn2": 1}
+
+
+class FakePatcher:
+    """What ``patch_model`` uses of ComfyUI's ModelPatcher: clone, the diffusion model, attn1/attn2 replace."""
+
+    def __init__(self):
+        self.attn1: dict = {}
+        self.attn2: dict = {}
+
+    def clone(self) -> "FakePatcher":
+        return FakePatcher()
+
+    def get_model_object(self, name: str):
+        assert name == "diffusion_model"
+        return FakeUNet()
+
+    def set_model_attn1_replace(self, patch, block, number, index):
+        self.attn1[(block, number, index)] = patch
+
+    def set_model_attn2_replace(self, patch, block, number, index):
+        self.attn2[(block, number, index)] = patch
+
+
+def call_patch(patch, kind: str) -> torch.Tensor:
+    q = torch.randn(1, 16, 8)
+    k = q if kind == SELF else torch.randn(1, 77, 8)
+    return patch(q, k, k, {"n_heads": 2, "dim_head": 4, "cond_or_uncond": [0], "activations_shape": [1, 8, 4, 4]})
+
+
+def test_patch_model_counts_attn1_and_attn2_apart():
+    store = AttentionStore(images=1, latent_hw=(4, 4))
+    clone = comfy_backend.patch_model(FakePatcher(), store, fallback=sdpa_attention, interrupt=lambda: None)
+    keys = comfy_backend.discover_transformer_blocks(FakeUNet())
+    assert set(clone.attn1) == set(clone.attn2) == set(keys)
+    assert set(store.hits) == {f"{'_'.join(map(str, key))}.{sub}" for key in keys for sub in ("attn1", "attn2")}
+    for patch in clone.attn1.values():
+        call_patch(patch, SELF)
+    for key, patch in clone.attn2.items():
+        if key != ("output", 1, 7):  # one cross-attention patch that never fires
+            call_patch(patch, CROSS)
+    with pytest.raises(RuntimeError, match=r"1 of 26 patched attention layers never ran \(output_1_7\.attn2\)"):
+        store.check_hits()
+
+
+def test_silent_cross_attention_is_reported_while_self_attention_fires():
+    """A model whose attn2 patches are all ignored (e.g. replaced) cannot pass for a complete capture."""
+    store = AttentionStore(images=1, latent_hw=(4, 4), keep_cross=False)
+    clone = comfy_backend.patch_model(FakePatcher(), store, fallback=sdpa_attention, interrupt=lambda: None)
+    for patch in clone.attn1.values():
+        call_patch(patch, SELF)
+    with pytest.raises(RuntimeError, match=r"13 of 26 .*input_1_0\.attn2, input_1_1\.attn2, middle_0_0\.attn2, "
+                                           r"output_1_0\.attn2 and 9 more"):
+        store.check_hits()
+
+
+class StopAfter:
+    """A cancel check that fires on its ``calls``-th call and counts every call."""
+
+    def __init__(self, calls: int):
+        self.calls, self.seen = calls, 0
+
+    def __call__(self) -> bool:
+        self.seen += 1
+        return self.seen >= self.calls
+
+    def raise_(self) -> None:
+        if self():
+            raise CaptureInterrupted("cancelled")
+
+
+def test_replace_patch_checks_the_interrupt_before_any_work():
+    store = AttentionStore(images=1, latent_hw=(4, 4))
+    stop = StopAfter(3)
+    patch = comfy_backend.make_replace_patch(SELF, ("input", 1, 0), store, sdpa_attention, stop.raise_)
+    call_patch(patch, SELF)
+    call_patch(patch, SELF)
+    with pytest.raises(CaptureInterrupted):
+        call_patch(patch, SELF)
+    assert store.hits == {"input_1_0.attn1": 2} and store.counts[(SELF, (4, 4))] == 2
+
+
+def test_should_stop_ends_the_capture_inside_the_first_unet_call():
+    """Polled in every layer: a cancel during a batched call does not wait for the call (or the rest) to end."""
+    unet = tiny_sd15_unet()
+    layers = len(attention_layers(unet))
+    before = {name: type(p) for name, p in unet.attn_processors.items()}
+    stop, progress = StopAfter(1 + 4), []  # once before the first group, then in the 4th attention layer
+    with pytest.raises(CaptureInterrupted, match="should_stop"):
+        capture_attention(unet, torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32), [1, 21, 41, 61], add_noise=False,
+                          max_batch=2, should_stop=stop, progress=lambda done, total: progress.append(done))
+    assert stop.seen == 5 < 1 + layers  # never polled again after it said stop
+    assert progress == []  # the first batched UNet call did not finish
+    assert {name: type(p) for name, p in unet.attn_processors.items()} == before
+
+
+def test_should_stop_that_never_fires_changes_nothing():
+    unet = tiny_sd15_unet()
+    latents, context = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
+    plain = capture_attention(unet, latents, context, [1, 21], add_noise=False)
+    polled = StopAfter(10**9)
+    checked = capture_attention(unet, latents, context, [1, 21], add_noise=False, should_stop=polled)
+    assert polled.seen == 1 + len(attention_layers(unet))  # both timesteps are one batched call
+    for hw in plain.self_attn:
+        assert torch.equal(plain.self_attn[hw], checked.self_attn[hw])
+
+
+def test_noise_is_drawn_per_timestep_in_order_from_one_generator():
+    """The UNet input is sqrt(a_t) z0 + sqrt(1 - a_t) eps_t, eps_t drawn in timestep order, whatever the grouping."""
+    unet = tiny_sd15_unet()
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(1, 77, 32)
+    alphas = torch.linspace(0.9999, 0.005, 1000)
+    timesteps = [1, 21, 41]
+    generator = torch.Generator().manual_seed(7)
+    expected = torch.cat([
+        alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * torch.randn(latents.shape, generator=generator)
+        for t in timesteps
+    ])
+    for max_batch in (4, 16):  # groups [1, 21], [41] and one group of all three
+        seen = []
+        hook = unet.register_forward_pre_hook(lambda module, args: seen.append((args[0].clone(), args[1].clone())))
+        try:
+            capture_attention(unet, latents, context, timesteps, add_noise=True, alphas_cumprod=alphas, seed=7,
+                              max_batch=max_batch)
+        finally:
+            hook.remove()
+        assert [len(t) for _, t in seen] == [len(x) for x, _ in seen]
+        assert torch.equal(torch.cat([x for x, _ in seen]), expected)
+        assert torch.cat([t for _, t in seen]).tolist() == [t for t in timesteps for _ in range(2)]

@@ -92,3 +92,82 @@ def test_kl_merge_node_rejects_bad_tau(nodes):
 
     with pytest.raises(ValueError, match="tau must be > 0"):
         KLMergeSegment.execute(square_scene_attention(), 0.0, "raw", 8, 3, 0)
+
+
+# --- AttentionCapture: refusing a capture that would keep nothing, before any sampling --------------------------
+
+
+class FakeTokenizer:
+    """What ``tokenizer_strings`` reads of a ComfyUI CLIP tokenizer: ``clip_l.inv_vocab``."""
+
+    VOCAB = {49406: "<|startoftext|>", 49407: "<|endoftext|>", 320: "a</w>", 1125: "photo</w>", 539: "of</w>",
+             3329: "bird</w>"}
+
+    def __init__(self):
+        self.clip_l = type("Inner", (), {"inv_vocab": self.VOCAB})()
+
+
+class FakeClip:
+    """A CLIP that tokenizes from a six-word vocabulary and records whether anything was encoded."""
+
+    def __init__(self):
+        self.tokenizer = FakeTokenizer()
+        self.encoded = 0
+
+    def tokenize(self, prompt: str) -> dict:
+        ids = {word: token for token, word in FakeTokenizer.VOCAB.items()}
+        body = [(ids[f"{word}</w>"], 1.0) for word in prompt.split()]
+        return {"l": [[(49406, 1.0), *body] + [(49407, 1.0)] * (76 - len(body))]}
+
+    def encode_from_tokens_scheduled(self, tokens: dict) -> list:
+        self.encoded += 1
+        return [[torch.zeros(1, 77, 8), {}]]
+
+
+CAPTURE_ARGS = dict(seed=52, t0=40, timesteps="300", add_noise=False, preview_word="", max_batch=8)
+
+
+def test_capture_with_nothing_to_keep_is_refused_before_sampling(nodes, monkeypatch):
+    from segdrop.nodes import capture
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("run_capture ran although nothing would be kept")
+
+    monkeypatch.setattr(capture, "run_capture", must_not_run)
+    clip = FakeClip()
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with pytest.raises(ValueError) as caught:
+        capture.AttentionCapture.execute(object(), clip, latent, "", "concept distillation", **CAPTURE_ARGS)
+    message = str(caught.value)
+    assert "concept distillation preset keeps only cross-attention" in message
+    assert "prompt '' has no words" in message
+    assert "'a photo of a bird'" in message and "DiffSeg preset" in message
+    assert clip.encoded == 0  # refused before the prompt was even encoded
+
+
+def test_empty_prompt_with_diffseg_keeps_self_attention_only(nodes, monkeypatch):
+    """The refusal is only for captures that would keep nothing: DiffSeg's empty prompt still runs."""
+    import sys
+    import types
+
+    from segdrop.attention_patch.store import SELF
+    from segdrop.nodes import capture
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(update_absolute=lambda d, t: None))
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    seen = {}
+
+    def fake_run_capture(model, conditioning, latent, timesteps, *, add_noise, seed, store, max_batch, progress):
+        seen.update(timesteps=timesteps, add_noise=add_noise, keep_self=store.keep_self, keep_cross=store.keep_cross)
+        store.sums[(SELF, (8, 8))] = torch.eye(64)[None].clone()
+        store.counts[(SELF, (8, 8))] = 1
+
+    monkeypatch.setattr(capture, "run_capture", fake_run_capture)
+    maps, shown = capture.AttentionCapture.execute(
+        object(), FakeClip(), {"samples": torch.zeros(1, 4, 8, 8)}, "", "DiffSeg", **CAPTURE_ARGS
+    ).result
+    assert seen == {"timesteps": (300,), "add_noise": False, "keep_self": True, "keep_cross": False}
+    assert set(maps.self_attn) == {(8, 8)} and not maps.cross_attn
+    assert shown.shape == (1, 64, 64, 3)

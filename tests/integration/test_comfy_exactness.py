@@ -25,8 +25,8 @@ def forward(patcher, x, sigma, context, cond_or_uncond):
 def test_patched_forward_equals_unpatched(comfyui, tiny_checkpoint, cond_or_uncond):
     import torch
 
-    from segdrop.attention_patch.comfy_backend import discover_transformer_blocks, patch_model
-    from segdrop.attention_patch.store import AttentionStore
+    from segdrop.attention_patch.comfy_backend import discover_transformer_blocks, layer_name, patch_model
+    from segdrop.attention_patch.store import CROSS, SELF, AttentionStore
 
     model, clip, _ = comfyui.load_checkpoint(tiny_checkpoint)
     with torch.inference_mode():
@@ -45,7 +45,8 @@ def test_patched_forward_equals_unpatched(comfyui, tiny_checkpoint, cond_or_unco
     assert (got - expected).abs().max().item() <= 1e-5
     store.check_hits()
     keys = discover_transformer_blocks(model.get_model_object("diffusion_model"))
-    assert len(store.hits) == len(keys) == 7
+    assert len(keys) == 7
+    assert store.hits == {layer_name(kind, key): 1 for key in keys for kind in (SELF, CROSS)}  # attn1, attn2 apart
     for (kind, hw), total in store.sums.items():
         assert total.shape[:2] == (images, hw[0] * hw[1])
         assert torch.allclose(total.sum(-1) / store.counts[(kind, hw)], torch.ones(()), atol=1e-5)

@@ -166,12 +166,12 @@ def test_api_workflow_loader_substitutes_checkpoint_and_image(comfyui, tmp_path,
         comfyui.api_from_workflow_file(ui_format)
 
 
-SHIPPED_WORKFLOWS = sorted(p.name for p in (PACK_DIR / "workflows").glob("*.api.json"))
+SHIPPED_WORKFLOWS = sorted(p.name for p in (PACK_DIR / "workflows" / "api").glob("*.api.json"))
 
 
 def shipped_graph(comfyui, workflow: str, checkpoint: str, image: str) -> dict:
     """A shipped API workflow with the tiny checkpoint and test image substituted; every node must exist."""
-    graph = comfyui.api_from_workflow_file(PACK_DIR / "workflows" / workflow, checkpoint=checkpoint, image=image)
+    graph = comfyui.api_from_workflow_file(PACK_DIR / "workflows" / "api" / workflow, checkpoint=checkpoint, image=image)
     missing = sorted({node["class_type"] for node in graph.values() if not comfyui.has_node(node["class_type"])})
     assert not missing, f"{workflow} uses unknown nodes: {missing}"
     return graph
@@ -282,3 +282,56 @@ def test_attention_capture_unknown_preview_word_is_a_clear_error(
         assert word in error.exception_message, (
             f"the error does not list the prompt's words: {error.exception_message}"
         )
+
+
+def test_cancel_stops_attention_capture_within_one_attention_layer(
+    comfyui, run_prompt, tiny_checkpoint, make_image, monkeypatch
+):
+    """ComfyUI's Cancel (interrupt_current_processing) set in the middle of a batched UNet call stops the capture
+    at the next attention layer, not after the call (or the rest of the schedule) has run."""
+    require_capture(comfyui)
+    import comfy.ldm.modules.attention as attention
+    import comfy.model_management
+
+    original, calls = attention.optimized_attention, []
+
+    def cancel_on_third_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the middle block's self-attention, halfway through the first UNet call
+            comfy.model_management.interrupt_current_processing(True)
+        return original(*args, **kwargs)
+
+    # The capture's fallback for layers it does not keep (concept distillation: every attn1) is this function.
+    monkeypatch.setattr(attention, "optimized_attention", cancel_on_third_call)
+    graph = capture_graph(tiny_checkpoint, make_image(64), t0=16, max_batch=8)  # 2 batched calls of 8 timesteps
+    try:
+        with pytest.raises(comfyui.PromptExecutionError) as caught:
+            run_prompt(graph)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert caught.value.exception_type == "Interrupted", caught.value
+    # The middle block's attn2 raised: the 4 self-attention layers left in that call never ran.
+    assert len(calls) == 3
+
+
+def test_capture_that_would_keep_nothing_is_refused_before_sampling(
+    comfyui, run_prompt, tiny_checkpoint, make_image, monkeypatch
+):
+    require_capture(comfyui)
+    import comfy.sample
+
+    original, sampled = comfy.sample.sample_custom, []
+
+    def counting_sample_custom(*args, **kwargs):
+        sampled.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample_custom", counting_sample_custom)
+    graph = capture_graph(tiny_checkpoint, make_image(64), prompt="", preview_word="", t0=40)
+    with pytest.raises(comfyui.PromptExecutionError) as caught:
+        run_prompt(graph)
+    error = caught.value
+    assert error.node_id == "4" and error.exception_type.endswith("ValueError"), error
+    assert "keeps only cross-attention" in error.exception_message
+    assert "prompt '' has no words" in error.exception_message and "DiffSeg" in error.exception_message
+    assert sampled == []  # refused before the first of the 40 timesteps

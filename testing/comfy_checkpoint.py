@@ -1,0 +1,168 @@
+"""A tiny random-weight SD1.5-format checkpoint that ComfyUI loads as ``comfy.supported_models.SD15``.
+
+Integration tests need a real checkpoint file to go through ``CheckpointLoaderSimple``, model detection, CLIP
+and VAE, but not real weights: ``sd15_tiny.safetensors`` (fp16, ~340 MB) is a 2-level 320-channel UNet (~44 M
+parameters, 7 attention blocks at two grids: H/8 and H/16), the full CLIP-L text encoder (123 M, fixed by
+ComfyUI's config) and a TAESD VAE, built from ComfyUI's own module classes and cached. ComfyUI is imported
+only inside functions: this module imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TINY_CHECKPOINT = "sd15_tiny.safetensors"
+TINY_CHECKPOINT_VERSION = "2"  # bump when the checkpoint recipe below changes
+
+# The tiny UNet: SD1.5's detection keys (320 channels, context 768, conv proj_in, no label_emb) with two levels,
+# one res block each and one transformer per block (2 input + 1 middle + 4 output = 7 attention blocks).
+# Attention resolutions for an H x W image: (H/8, W/8) (level 0) and (H/16, W/16) (level 1 and middle).
+TINY_UNET_CONFIG: dict[str, Any] = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 1],  # 320 channels at both levels: ~44 M UNet parameters
+    "transformer_depth": [1, 1],
+    "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1],
+    "context_dim": 768,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "use_spatial_transformer": True,
+    "use_linear_in_transformer": False,
+    "legacy": False,
+    "adm_in_channels": None,
+    "use_checkpoint": False,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+TINY_UNET_DOWNSAMPLES = (8, 16)  # pixel-to-attention-grid factors of the attention blocks
+# Attention blocks per grid: level 0 = input 1 + output 2, 3; level 1 = input 3 + middle + output 0, 1.
+TINY_UNET_LAYERS = {8: 3, 16: 4}
+
+
+def _init_(tensor, name: str, generator) -> None:
+    import torch
+
+    if tensor.ndim == 0:
+        tensor.fill_(1.0 if name.endswith("scale") else 0.0)
+    elif name.endswith("bias") or name.endswith("vae_shift"):
+        tensor.zero_()
+    elif tensor.ndim == 1:  # norm weights
+        tensor.fill_(1.0)
+    elif "embedding" in name:
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    else:
+        bound = 1.0 / max(1, tensor[0].numel()) ** 0.5
+        tensor.copy_((torch.rand(tensor.shape, generator=generator) * 2 - 1) * bound)
+
+
+def _random_state_dict(module, prefix: str, generator, dtype) -> dict:
+    """Fresh random values for every floating tensor of ``module`` (built on the meta device: shapes only)."""
+    import torch
+
+    out = {}
+    for name, tensor in module.state_dict().items():
+        if not tensor.is_floating_point():
+            raise RuntimeError(f"unexpected non-float tensor {prefix}{name} ({tensor.dtype})")
+        value = torch.empty(tensor.shape, dtype=torch.float32)
+        _init_(value, name, generator)
+        out[prefix + name] = value.to(dtype).contiguous()
+    return out
+
+
+def build_tiny_checkpoint(path: Path) -> None:
+    """Random-weight SD1.5-format checkpoint built from ComfyUI's own module classes."""
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.taesd.taesd
+    import safetensors.torch
+    import torch
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    generator = torch.Generator().manual_seed(0)
+    dtype = torch.float16
+    state: dict[str, torch.Tensor] = {}
+    with torch.device("meta"):
+        unet = UNetModel(**TINY_UNET_CONFIG, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+    state.update(_random_state_dict(unet, "model.diffusion_model.", generator, dtype))
+    del unet
+
+    config_path = Path(comfy.clip_model.__file__).with_name("sd1_clip_config.json")
+    clip_config = json.loads(config_path.read_text())
+    with torch.device("meta"):
+        clip = comfy.clip_model.CLIPTextModel(
+            clip_config, torch.float32, "meta", comfy.ops.disable_weight_init
+        )
+    state.update(_random_state_dict(clip, "cond_stage_model.transformer.", generator, dtype))
+    del clip
+
+    with torch.device("meta"):
+        taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    state.update(_random_state_dict(taesd, "first_stage_model.", generator, dtype))
+    del taesd
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RuntimeError(f"non-finite values in {name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    safetensors.torch.save_file(
+        state, str(partial), metadata={"segdrop_tiny_version": TINY_CHECKPOINT_VERSION, "format": "pt"}
+    )
+    os.replace(partial, path)
+
+
+def checkpoint_is_current(path: Path) -> bool:
+    """True when ``path`` is a tiny checkpoint of this recipe version (an older or partial file is rebuilt)."""
+    if not path.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("segdrop_tiny_version") == TINY_CHECKPOINT_VERSION
+    except Exception:
+        return False
+
+
+def ensure_tiny_checkpoint(harness: Any) -> str:
+    """Build (once, cached in ``<cache>/checkpoints``) and register the tiny checkpoint with ``harness``, a
+    :class:`segdrop.testing.comfy_harness.ComfyUI`; verify it loads as SD15; return its ``ckpt_name``."""
+    path = harness.cache / "checkpoints" / TINY_CHECKPOINT
+    with harness.activated():
+        if not checkpoint_is_current(path):
+            build_tiny_checkpoint(path)
+        if harness.folder_paths.get_full_path("checkpoints", TINY_CHECKPOINT) is None:
+            harness.folder_paths.add_model_folder_path("checkpoints", str(path.parent), is_default=True)
+        found = harness.folder_paths.get_full_path("checkpoints", TINY_CHECKPOINT)
+        if not found or Path(found).resolve() != path:
+            raise RuntimeError(
+                f"ComfyUI resolves {TINY_CHECKPOINT} to {found}, not {path}: another checkpoints folder holds a "
+                "file of that name; remove it or set SEGDROP_TEST_CACHE to another folder."
+            )
+        import comfy.supported_models
+
+        model, clip, vae = harness.load_checkpoint(TINY_CHECKPOINT)
+        detected = type(model.model.model_config)
+        if detected is not comfy.supported_models.SD15 or clip is None or vae is None:
+            raise RuntimeError(
+                f"{path} loads as {detected.__name__} (CLIP: {clip is not None}, VAE: {vae is not None}), not as "
+                "SD15 with CLIP and VAE: delete it (or bump TINY_CHECKPOINT_VERSION) to rebuild it."
+            )
+    return TINY_CHECKPOINT
+
+
+def tiny_attention_resolutions(height: int, width: int) -> set[tuple[int, int]]:
+    """The (h, w) grids of the tiny UNet's attention layers for an image of height x width pixels."""
+    return {(height // factor, width // factor) for factor in TINY_UNET_DOWNSAMPLES}
+
+
+def tiny_attention_layers(height: int, width: int) -> dict[tuple[int, int], int]:
+    """How many attn1 (and attn2) layers of the tiny UNet run at each grid for a height x width image."""
+    return {(height // factor, width // factor): TINY_UNET_LAYERS[factor] for factor in TINY_UNET_DOWNSAMPLES}
