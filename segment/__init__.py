@@ -3,7 +3,6 @@
 from .aggregate import aggregate_self_attention, resolution_weights
 from .gmm import (
     GMMResult,
-    connected_components,
     gmm_binarize,
     gmm_binarize_attention,
     orphan_filter,
@@ -27,7 +26,6 @@ __all__ = [
     "aggregate_self_attention",
     "anchor_indices",
     "confusion_matrix",
-    "connected_components",
     "effective_taus",
     "gmm_binarize",
     "gmm_binarize_attention",

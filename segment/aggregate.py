@@ -73,12 +73,16 @@ def _head_mean(attention: torch.Tensor, hw: Resolution) -> torch.Tensor:
     return attention.float()
 
 
-def _check_finite(sums: torch.Tensor, hw: Resolution) -> None:
-    """NaN/inf anywhere in a key map makes its sum non-finite: checking the sums is a full check for free."""
-    if not torch.isfinite(sums).all():
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Raise on NaN/inf with the one true cause, shared by every segment step so the advice stays consistent.
+
+    Pass a cheap summary where possible (row sums): NaN/inf anywhere in a row makes its sum non-finite.
+    """
+    if not torch.isfinite(values).all():
         raise ValueError(
-            f"The self-attention at {hw} contains NaN or inf. Capture attention in float32 (the capture's "
-            "precision option) and check that the model itself produces finite outputs."
+            f"{what} contains NaN or inf. The capture already computes attention probabilities in float32, so "
+            "the model or the latent produced non-finite values: typically a float16 model overflowing (load the "
+            "model in float32 or bfloat16) or a latent encoded by a different model's VAE."
         )
 
 
@@ -107,7 +111,7 @@ def _upsampled_keys(attention: torch.Tensor, hw: Resolution, size: Resolution, w
     keys = attention.reshape(batch * queries, h, w)
     # Sum of each upsampled map = row-weights · map · column-weights: renormalise before upsampling.
     sums = torch.einsum("nhw,h,w->n", keys, rows.sum(0), cols.sum(0))
-    _check_finite(sums, hw)
+    check_finite(sums, f"The self-attention at {hw}")
     scale = (weight / sums.clamp_min(torch.finfo(torch.float32).tiny))[:, None, None]
     keys = torch.matmul(keys * scale, cols.T)  # (n, h, wf)
     keys = torch.matmul(rows, keys)  # (n, hf, wf)
@@ -185,7 +189,7 @@ def aggregate_self_attention(
     # The finest resolution: renormalise rows (identity upsample) and add the coarse sum, in one pass.
     attention = _head_mean(maps[active[0]], active[0])
     sums = attention.sum(dim=-1, keepdim=True)
-    _check_finite(sums, active[0])
+    check_finite(sums, f"The self-attention at {active[0]}")
     scale = mix[active[0]] / sums.clamp_min_(torch.finfo(torch.float32).tiny)
     if coarse is None:
         out = torch.mul(attention, scale)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .aggregate import check_finite
+
 GMM_RANDOM_STATE = 0
 """Seed of the GMM's k-means initialisation (the authors leave it unseeded; we want reproducible masks)."""
 
@@ -52,44 +54,16 @@ def orphan_filter(mask: torch.Tensor) -> torch.Tensor:
     return out[0] if squeeze else out
 
 
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of a 2-D bool array (0 = background, 1..n). Vectorised union-find in NumPy."""
-    height, width = mask.shape
-    flat = mask.reshape(-1)
-    parent = np.arange(flat.size)
-    index = parent.reshape(height, width)
-    right = (mask[:, :-1] & mask[:, 1:])
-    down = (mask[:-1, :] & mask[1:, :])
-    first = np.concatenate([index[:, :-1][right], index[:-1, :][down]])
-    second = np.concatenate([index[:, 1:][right], index[1:, :][down]])
-    while first.size:
-        root_a, root_b = parent[first], parent[second]
-        low, high = np.minimum(root_a, root_b), np.maximum(root_a, root_b)
-        differ = low != high
-        if not differ.any():
-            break
-        np.minimum.at(parent, high[differ], low[differ])
-        while True:  # path compression by pointer jumping
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    labels = np.zeros(flat.size, dtype=np.int64)
-    roots = parent[flat]
-    unique, dense = np.unique(roots, return_inverse=True)
-    labels[flat] = dense + 1
-    return labels.reshape(height, width), int(unique.size)
-
-
 def remove_small_components(mask: torch.Tensor, min_area: int) -> torch.Tensor:
     """Drop 4-connected foreground components with fewer than ``min_area`` pixels. (B, h, w) or (h, w)."""
     if min_area <= 1:
         return mask.clone()
+    from scipy import ndimage  # lazy, like sklearn below: keeps `import segdrop` light for ComfyUI start-up
     squeeze = mask.dim() == 2
     batch = (mask[None] if squeeze else mask).cpu().numpy()
     out = np.zeros_like(batch)
     for image in range(batch.shape[0]):
-        labels, count = connected_components(batch[image])
+        labels, count = ndimage.label(batch[image])  # default structure: 4-connectivity
         if count:
             areas = np.bincount(labels.reshape(-1), minlength=count + 1)
             keep = areas >= min_area
@@ -148,11 +122,7 @@ def gmm_binarize(
     batch = batch.detach().cpu()
     if batch.dtype not in (torch.float32, torch.float64):
         batch = batch.float()
-    if not torch.isfinite(batch).all():
-        raise ValueError(
-            "The attention map contains NaN or inf, so it cannot be binarised. Capture attention in float32 "
-            "(AttentionCapture's precision option) and check that the model produces finite outputs."
-        )
+    check_finite(batch, "The attention map")
     ignored = None
     if ignore_mask is not None:
         ignored = (ignore_mask[None] if ignore_mask.dim() == 2 else ignore_mask).to(torch.bool).cpu()

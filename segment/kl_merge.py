@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .aggregate import aggregate_self_attention, check_finite
+
 REFERENCE_POSITIONS = 64 * 64
 """The finest map size DiffSeg's thresholds were tuned on (SD1.x at 512²)."""
 
@@ -113,44 +115,56 @@ def effective_taus(
     return taus
 
 
-def symmetric_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Pairwise ``½KL(a‖b) + ½KL(b‖a)`` between rows of ``a`` (I, N) and ``b`` (J, N) -> (I, J).
-
-    Matmul form ``½[Σa log a + Σb log b − a·log b − b·log a]`` with logs of ``max(p, eps)``; equals the
-    elementwise ``½Σ(a−b)(log a − log b)`` with the same clamp.
-    """
-    log_a = a.clamp_min(eps).log_()
-    log_b = b.clamp_min(eps).log_()
-    self_a = torch.linalg.vecdot(a, log_a)
-    self_b = torch.linalg.vecdot(b, log_b)
-    cross = a @ log_b.T
-    cross.addmm_(log_a, b.T)
-    return (self_a[:, None] + self_b[None, :] - cross).mul_(0.5)
+_KLTerms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""``(maps, logs, self_terms)``: rows ``p``, ``log max(p, eps)`` and ``Σ p log p``, computed once per map set."""
 
 
 def _row_dot(x: torch.Tensor, y: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Row-wise dot product without a full-size temporary (a batched 1x1 GEMM per chunk)."""
-    out = torch.empty(x.shape[0], dtype=x.dtype)
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[0], chunk):
         stop = min(start + chunk, x.shape[0])
         out[start:stop] = torch.bmm(x[start:stop, None, :], y[start:stop, :, None]).view(-1)
     return out
 
 
-def _iteration_zero(maps: torch.Tensor, anchors: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
-    """Mean of all pixel maps within ``tau`` of each anchor. maps: (N, K) float32 -> (A, K) proposals."""
+def _kl_terms(maps: torch.Tensor, eps: float) -> _KLTerms:
+    """The per-map parts of the symmetric KL, so each caller pays for the logs once and can slice rows."""
     logs = torch.empty_like(maps)
     torch.clamp(maps, min=eps, out=logs).log_()
-    entropy_like = _row_dot(maps, logs)  # Σ p log p per pixel
-    if not torch.isfinite(entropy_like).all():  # NaN/inf anywhere in a map reaches its row sum
-        raise ValueError(
-            "The aggregated attention contains NaN or inf. Capture attention in float32 and check that the "
-            "model itself produces finite outputs."
-        )
-    anchor_maps, anchor_logs = maps[anchors], logs[anchors]
-    cross = anchor_maps @ logs.T
-    cross.addmm_(anchor_logs, maps.T)
-    distance = cross.neg_().add_(entropy_like[None, :]).add_(entropy_like[anchors, None]).mul_(0.5)
+    return maps, logs, _row_dot(maps, logs)
+
+
+def _pairwise_kl(a: _KLTerms, b: _KLTerms) -> torch.Tensor:
+    """``½KL(a‖b) + ½KL(b‖a)`` of every row of ``a`` against every row of ``b``: (I, J), the one implementation.
+
+    Matmul form ``½[Σa log a + Σb log b − a·log b − b·log a]`` (two GEMMs), in the dtype of the terms.
+    """
+    maps_a, logs_a, self_a = a
+    maps_b, logs_b, self_b = b
+    cross = maps_a @ logs_b.T
+    cross.addmm_(logs_a, maps_b.T)
+    return cross.neg_().add_(self_b[None, :]).add_(self_a[:, None]).mul_(0.5)
+
+
+def symmetric_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pairwise ``½KL(a‖b) + ½KL(b‖a)`` between rows of ``a`` (I, N) and ``b`` (J, N) -> (I, J).
+
+    Logs of ``max(p, eps)``; equals the elementwise ``½Σ(a−b)(log a − log b)`` with the same clamp.
+    """
+    return _pairwise_kl(_kl_terms(a, eps), _kl_terms(b, eps))
+
+
+def _rows(terms: _KLTerms, index: torch.Tensor | slice) -> _KLTerms:
+    """The terms of a subset of maps (anchors, one merged row): slices, no recomputed logs."""
+    return tuple(part[index] for part in terms)
+
+
+def _iteration_zero(maps: torch.Tensor, anchors: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
+    """Mean of all pixel maps within ``tau`` of each anchor. maps: (N, K) float32 -> (A, K) proposals."""
+    terms = _kl_terms(maps, eps)
+    check_finite(terms[2], "The aggregated attention")  # NaN/inf anywhere in a map reaches its Σ p log p
+    distance = _pairwise_kl(_rows(terms, anchors), terms)
     member = distance < tau
     member[torch.arange(len(anchors)), anchors] = True  # D(a, a) = 0 exactly; guard against rounding
     weights = member.to(maps.dtype)
@@ -160,8 +174,8 @@ def _iteration_zero(maps: torch.Tensor, anchors: torch.Tensor, tau: float, eps: 
 
 def _greedy_merge(proposals: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
     """One official merge pass (float64): index order, matched proposals stay available as members."""
-    distance = symmetric_kl(proposals, proposals, eps)
-    member = (distance < tau).numpy()
+    terms = _kl_terms(proposals, eps)
+    member = (_pairwise_kl(terms, terms) < tau).numpy()
     member[range(len(proposals)), range(len(proposals))] = True
     matched = [False] * len(proposals)
     groups = []
@@ -180,25 +194,25 @@ def _greedy_merge(proposals: torch.Tensor, tau: float, eps: float) -> torch.Tens
 def _merge_to_count(proposals: torch.Tensor, max_segments: int, eps: float) -> torch.Tensor:
     """Merge the two closest proposals (symmetric KL, plain mean) until at most ``max_segments`` remain.
 
-    Float64 NumPy with an incrementally updated distance matrix: one new row per merge, not a full recompute.
+    Float64, with the distance matrix updated incrementally: one new column per merge, not a full recompute.
+    Dead proposals get distance inf, so the argmin needs no mask.
     """
-    maps = proposals.double().numpy().copy()
-    logs = np.log(np.maximum(maps, eps))
-    self_terms = np.einsum("kn,kn->k", maps, logs)
-    distance = 0.5 * (self_terms[:, None] + self_terms[None, :] - maps @ logs.T - logs @ maps.T)
-    np.fill_diagonal(distance, np.inf)
-    alive = np.ones(len(maps), dtype=bool)
-    while alive.sum() > max_segments:
-        masked = np.where(alive[:, None] & alive[None, :], distance, np.inf)
-        first, second = sorted(np.unravel_index(int(np.argmin(masked)), masked.shape))
-        maps[first] = 0.5 * (maps[first] + maps[second])
-        logs[first] = np.log(np.maximum(maps[first], eps))
-        self_terms[first] = maps[first] @ logs[first]
+    terms = maps, logs, self_terms = _kl_terms(proposals.double().clone(), eps)
+    count = len(maps)
+    distance = _pairwise_kl(terms, terms)
+    distance.fill_diagonal_(math.inf)
+    alive = torch.ones(count, dtype=torch.bool)
+    for _ in range(count - max_segments):
+        first, second = sorted(divmod(int(distance.argmin()), count))  # first minimum in row-major order
+        maps[first].add_(maps[second]).mul_(0.5)
+        merged = slice(first, first + 1)
+        _, logs[merged], self_terms[merged] = _kl_terms(maps[merged], eps)
         alive[second] = False
-        row = 0.5 * (self_terms[first] + self_terms - maps @ logs[first] - logs @ maps[first])
-        distance[first], distance[:, first] = row, row
-        distance[first, first] = np.inf
-    return torch.from_numpy(maps[alive])
+        column = _pairwise_kl(terms, _rows(terms, merged))[:, 0].masked_fill_(~alive, math.inf)
+        column[first] = math.inf
+        distance[second], distance[:, second] = math.inf, math.inf
+        distance[first], distance[:, first] = column, column
+    return maps[alive]
 
 
 def _labels_from_proposals(
@@ -231,8 +245,6 @@ def _labels_from_proposals(
 
 def _as_aggregate(aggregated: Any) -> torch.Tensor:
     if hasattr(aggregated, "self_attn"):  # an AttentionMaps: aggregate with DiffSeg's defaults
-        from .aggregate import aggregate_self_attention
-
         return aggregate_self_attention(aggregated)
     if not isinstance(aggregated, torch.Tensor):
         raise TypeError(f"Expected a tensor (B, N, h, w) or AttentionMaps, got {type(aggregated).__name__}.")

@@ -17,6 +17,7 @@ from segdrop.segment import (
     sampling_grid,
     symmetric_kl,
 )
+from segdrop.segment.kl_merge import _merge_to_count
 from segdrop.testing.reference import (
     aggregate_reference,
     kl_elementwise,
@@ -134,6 +135,31 @@ def test_tau_extremes_and_max_segments(five_regions):
     assert kl_merge_segment(five_regions, grid=8, tau=[1.1, 1.1]).counts == [5]
 
 
+def merge_to_count_reference(proposals: np.ndarray, limit: int) -> np.ndarray:
+    """Naive max_segments merging: recompute every elementwise float64 distance, merge the closest pair."""
+    maps = [row for row in np.asarray(proposals, dtype=np.float64)]
+    while len(maps) > limit:
+        distance = kl_elementwise(np.stack(maps), np.stack(maps))
+        np.fill_diagonal(distance, np.inf)
+        first, second = sorted(np.unravel_index(int(np.argmin(distance)), distance.shape))
+        maps[first] = 0.5 * (maps[first] + maps[second])
+        del maps[second]
+    return np.stack(maps)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), count=st.integers(2, 24), limit=st.integers(1, 6),
+       sharpness=st.floats(0.5, 8.0))
+def test_max_segments_merging_matches_full_recompute(seed, count, limit, sharpness):
+    """The incrementally updated distance matrix merges the same pairs as recomputing every distance."""
+    generator = torch.Generator().manual_seed(seed)
+    proposals = torch.softmax(sharpness * torch.randn(count, 64, generator=generator, dtype=torch.float64), dim=-1)
+    expected = merge_to_count_reference(proposals.numpy(), limit)
+    ours = _merge_to_count(proposals, limit, 1e-12)
+    assert ours.dtype == torch.float64
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
 def test_invalid_inputs_raise(five_regions):
     for tau in (0.0, -1.0, [1.1, 0.0, 1.1]):
         with pytest.raises(ValueError, match="tau must be > 0"):
@@ -142,7 +168,7 @@ def test_invalid_inputs_raise(five_regions):
         kl_merge_segment(five_regions, grid=64)
     broken = five_regions.clone()
     broken[0, 10, 3, 4] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN.*float32.*float16 model"):
         kl_merge_segment(broken)
     with pytest.raises(ValueError, match="one per iteration"):
         kl_merge_segment(five_regions, tau=[1.0, 1.0], iterations=3)
