@@ -102,7 +102,9 @@ class KLMergeSegment(io.ComfyNode):
             inputs=[
                 Attention.Input("attention", tooltip="From Attention Capture with self-attention (DiffSeg preset)."),
                 io.Float.Input("tau", default=1.1, min=0.001, max=100.0, step=0.05,
-                               tooltip="KL merge threshold: larger = fewer, bigger segments. DiffSeg: 1.1 (COCO), 0.9 (Cityscapes)."),
+                               tooltip="KL merge threshold: larger = fewer, bigger segments. DiffSeg: 1.1 (COCO), 0.9 (Cityscapes), for "
+                                       "64x64 maps. Smaller maps need a smaller tau: on 16x16 maps (the toy default model) "
+                                       "1.1 merges each image into one segment, and 0.1 works."),
                 io.Combo.Input("tau_mode", options=["raw", "size_aware"], default="raw",
                                tooltip="raw: tau as the paper, for SD1.x/SD2.x at 512 px (64x64 maps). size_aware: tau x log(N)/log(4096) "
                                        "for other map sizes (SDXL at 1024 px has 32x32 self-attention at most; small images too)."),
