@@ -11,18 +11,21 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import train_scratch
+    from . import counterfactual_data, train_scratch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m segdrop.training", description="SegDrop training recipes")
     sub = parser.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
     scratch = sub.add_parser("scratch", help="train a small text-to-image latent-diffusion model from scratch on the toy world")
     train_scratch.build_parser(scratch)
+    counterfactual_data.build_parser(sub.add_parser("counterfactual-data", help="build a normalised F/G/M counterfactual-triplet dataset (see counterfactual_data.py)"))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     train_scratch.setup_logging()
+    if args.recipe == "counterfactual-data":
+        return counterfactual_data.run(args)
     if args.recipe == "scratch":
         return train_scratch.run(args, argv[1:])
     parser.error(f"unknown recipe {args.recipe}")
