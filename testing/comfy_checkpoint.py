@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_CHECKPOINT = "sd15_tiny.safetensors"
+TINY_INPAINT_CHECKPOINT = "sd15_inpaint_tiny.safetensors"  # the same recipe with 9 UNet input channels
 TINY_CHECKPOINT_VERSION = "2"  # bump when the checkpoint recipe below changes
 
 # The tiny UNet: SD1.5's detection keys (320 channels, context 768, conv proj_in, no label_emb) with two levels,
@@ -76,8 +77,9 @@ def _random_state_dict(module, prefix: str, generator, dtype) -> dict:
     return out
 
 
-def build_tiny_checkpoint(path: Path) -> None:
-    """Random-weight SD1.5-format checkpoint built from ComfyUI's own module classes."""
+def build_tiny_checkpoint(path: Path, in_channels: int = 4) -> None:
+    """Random-weight SD1.5-format checkpoint built from ComfyUI's own module classes (``in_channels=9``: an
+    SD1.5-inpainting-format checkpoint: latent + mask + masked-image latent)."""
     import comfy.clip_model
     import comfy.ops
     import comfy.taesd.taesd
@@ -89,7 +91,7 @@ def build_tiny_checkpoint(path: Path) -> None:
     dtype = torch.float16
     state: dict[str, torch.Tensor] = {}
     with torch.device("meta"):
-        unet = UNetModel(**TINY_UNET_CONFIG, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
+        unet = UNetModel(**{**TINY_UNET_CONFIG, "in_channels": in_channels}, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
     state.update(_random_state_dict(unet, "model.diffusion_model.", generator, dtype))
     del unet
 
@@ -131,31 +133,80 @@ def checkpoint_is_current(path: Path) -> bool:
         return False
 
 
-def ensure_tiny_checkpoint(harness: Any) -> str:
+def ensure_tiny_checkpoint(harness: Any, inpainting: bool = False) -> str:
     """Build (once, cached in ``<cache>/checkpoints``) and register the tiny checkpoint with ``harness``, a
-    :class:`segdrop.testing.comfy_harness.ComfyUI`; verify it loads as SD15; return its ``ckpt_name``."""
-    path = harness.cache / "checkpoints" / TINY_CHECKPOINT
+    :class:`segdrop.testing.comfy_harness.ComfyUI`; verify it loads as SD15; return its ``ckpt_name``.
+
+    ``inpainting=True``: ``sd15_inpaint_tiny.safetensors``, the same recipe with a 9-channel UNet input, which
+    ComfyUI detects as SD15 with ``in_channels`` 9 and an inpaint model type (``model.model.model_config.inpaint_model()``, ``model.model.blank_inpaint_image_like``).
+    """
+    name = TINY_INPAINT_CHECKPOINT if inpainting else TINY_CHECKPOINT
+    in_channels = 9 if inpainting else 4
+    path = harness.cache / "checkpoints" / name
     with harness.activated():
         if not checkpoint_is_current(path):
-            build_tiny_checkpoint(path)
-        if harness.folder_paths.get_full_path("checkpoints", TINY_CHECKPOINT) is None:
+            build_tiny_checkpoint(path, in_channels=in_channels)
+        if harness.folder_paths.get_full_path("checkpoints", name) is None:
             harness.folder_paths.add_model_folder_path("checkpoints", str(path.parent), is_default=True)
-        found = harness.folder_paths.get_full_path("checkpoints", TINY_CHECKPOINT)
+        found = harness.folder_paths.get_full_path("checkpoints", name)
         if not found or Path(found).resolve() != path:
             raise RuntimeError(
-                f"ComfyUI resolves {TINY_CHECKPOINT} to {found}, not {path}: another checkpoints folder holds a "
+                f"ComfyUI resolves {name} to {found}, not {path}: another checkpoints folder holds a "
                 "file of that name; remove it or set SEGDROP_TEST_CACHE to another folder."
             )
         import comfy.supported_models
 
-        model, clip, vae = harness.load_checkpoint(TINY_CHECKPOINT)
+        model, clip, vae = harness.load_checkpoint(name)
         detected = type(model.model.model_config)
-        if detected is not comfy.supported_models.SD15 or clip is None or vae is None:
+        channels = model.model.model_config.unet_config.get("in_channels")
+        if (detected is not comfy.supported_models.SD15 or clip is None or vae is None or channels != in_channels
+                or model.model.model_config.inpaint_model() != inpainting
+                or hasattr(model.model, "blank_inpaint_image_like") != inpainting):
             raise RuntimeError(
                 f"{path} loads as {detected.__name__} (CLIP: {clip is not None}, VAE: {vae is not None}), not as "
-                "SD15 with CLIP and VAE: delete it (or bump TINY_CHECKPOINT_VERSION) to rebuild it."
+                f"SD15 ({in_channels} input channels) with CLIP and VAE: delete it (or bump TINY_CHECKPOINT_VERSION) "
+                "to rebuild it."
             )
-    return TINY_CHECKPOINT
+    return name
+
+
+def tiny_diffusers_twin(harness: Any, inpainting: bool = True):
+    """A diffusers ``UNet2DConditionModel`` (float32, eval) with exactly the weights of the tiny checkpoint's
+    UNet (``inpainting=True``: the 9-channel one), so a LoRA or fine-tune made on the twin with diffusers/peft
+    can be checked in ComfyUI. The weights are converted with ComfyUI's own ``comfy.utils.unet_to_diffusers``
+    map (independent of ``segdrop.training.export``'s). Builds/registers the checkpoint if needed."""
+    import comfy.utils
+    import safetensors.torch
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    name = ensure_tiny_checkpoint(harness, inpainting=inpainting)
+    path = harness.cache / "checkpoints" / name
+    prefix = "model.diffusion_model."
+    ldm = {k[len(prefix):]: v.float() for k, v in safetensors.torch.load_file(str(path)).items()
+           if k.startswith(prefix)}
+    config = {**TINY_UNET_CONFIG, "in_channels": 9 if inpainting else 4}
+    mapping = comfy.utils.unet_to_diffusers(config)  # {diffusers key: ldm key}
+    state = {d: ldm[k] for d, k in mapping.items() if k in ldm}
+    torch.manual_seed(0)
+    twin = UNet2DConditionModel(
+        sample_size=TINY_UNET_CONFIG["image_size"],
+        in_channels=config["in_channels"],
+        out_channels=4,
+        block_out_channels=(320, 320),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=TINY_UNET_CONFIG["num_heads"],  # diffusers' SD1.x naming: heads, not head dim
+        cross_attention_dim=TINY_UNET_CONFIG["context_dim"],
+        use_linear_projection=False,
+    )
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    unused = set(ldm) - set(mapping.values())
+    if missing or unexpected or unused:
+        raise RuntimeError(f"diffusers twin does not match {name}: missing {missing[:5]}, unexpected "
+                           f"{unexpected[:5]}, unused checkpoint keys {sorted(unused)[:5]}")
+    return twin.eval()
 
 
 def tiny_attention_resolutions(height: int, width: int) -> set[tuple[int, int]]:
