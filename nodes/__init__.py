@@ -5,11 +5,12 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .capture import AttentionCapture
+from .objectdrop import ObjectDropConditioning, ObjectDropRemove
 from .segment import GMMBinarize, KLMergeSegment
 
 
 def node_list() -> list[type[io.ComfyNode]]:
-    return [AttentionCapture, GMMBinarize, KLMergeSegment]
+    return [AttentionCapture, GMMBinarize, KLMergeSegment, ObjectDropConditioning, ObjectDropRemove]
 
 
 class SegDropExtension(ComfyExtension):

@@ -11,7 +11,10 @@ import torch
 from segdrop.attention_patch.maps import AttentionMaps
 
 SD_TOKENS = ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "red</w>", "square</w>"] + ["<|endoftext|>"] * 9
-PUBLISHED_IDS = {"SegDrop_AttentionCapture", "SegDrop_GMMBinarize", "SegDrop_KLMergeSegment"}
+PUBLISHED_IDS = {
+    "SegDrop_AttentionCapture", "SegDrop_GMMBinarize", "SegDrop_KLMergeSegment", "SegDrop_ObjectDropConditioning",
+    "SegDrop_ObjectDropRemove",
+}
 
 
 def square_scene_attention(size: int = 16) -> AttentionMaps:

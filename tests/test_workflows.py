@@ -106,3 +106,21 @@ def test_links_run_left_to_right(name):
     nodes = {node["id"]: node for node in ui["nodes"]}
     for _, source, _, target, _, _ in ui["links"]:
         assert nodes[source]["pos"][0] + nodes[source]["size"][0] < nodes[target]["pos"][0], (source, target)
+
+
+def test_object_removal_workflow_wiring():
+    """Load Checkpoint (inpainting) -> Load LoRA -> ObjectDrop Remove <- Load Image (IMAGE and its alpha MASK);
+    the result is saved, the crop preview and the effect mask are previewed."""
+    api = json.loads(build.api_path("object_removal", FOLDER).read_text())
+    by_type = {node["class_type"]: node_id for node_id, node in api.items()}
+    remove = api[by_type["SegDrop_ObjectDropRemove"]]["inputs"]
+    lora, loader, image = by_type["LoraLoader"], by_type["CheckpointLoaderSimple"], by_type["LoadImage"]
+    assert api[lora]["inputs"]["model"] == [loader, 0] and api[lora]["inputs"]["clip"] == [loader, 1]
+    assert remove["model"] == [lora, 0] and remove["clip"] == [lora, 1] and remove["vae"] == [loader, 2]
+    assert remove["image"] == [image, 0] and remove["mask"] == [image, 1]
+    assert remove["steps"] == 50 and remove["cfg"] == 1.0 and remove["resolution"] == 512
+    assert api[by_type["SaveImage"]]["inputs"]["images"] == [by_type["SegDrop_ObjectDropRemove"], 0]
+    mask_image = by_type["MaskToImage"]
+    assert api[mask_image]["inputs"]["mask"] == [by_type["SegDrop_ObjectDropRemove"], 1]
+    previewed = {tuple(node["inputs"]["images"]) for node in api.values() if node["class_type"] == "PreviewImage"}
+    assert previewed == {(by_type["SegDrop_ObjectDropRemove"], 2), (mask_image, 0)}

@@ -30,6 +30,9 @@ NODE_TYPES: dict[str, tuple[list, list, list]] = {
     "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [], [("LATENT", "LATENT")]),
     "PreviewImage": ([("images", "IMAGE")], [], []),
     "MaskToImage": ([("mask", "MASK")], [], [("IMAGE", "IMAGE")]),
+    "LoraLoader": ([("model", "MODEL"), ("clip", "CLIP")], ["lora_name", "strength_model", "strength_clip"],
+                   [("MODEL", "MODEL"), ("CLIP", "CLIP")]),
+    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
     "SegDrop_AttentionCapture": (
         [("model", "MODEL"), ("clip", "CLIP"), ("latent", "LATENT"), ("conditioning", "CONDITIONING")],
         ["prompt", "preset", "seed", "t0", "timesteps", "add_noise", "preview_word", "max_batch"],
@@ -45,12 +48,22 @@ NODE_TYPES: dict[str, tuple[list, list, list]] = {
         ["tau", "tau_mode", "grid", "iterations", "max_segments"],
         [("masks", "MASK"), ("labels", "MASK"), ("overlay", "IMAGE"), ("count", "INT"), ("names", "STRING")],
     ),
+    "SegDrop_ObjectDropConditioning": (
+        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"), ("pixels", "IMAGE"), ("mask", "MASK")],
+        [],
+        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+    ),
+    "SegDrop_ObjectDropRemove": (
+        [("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE"), ("mask", "MASK")],
+        ["seed", "steps", "cfg", "sampler_name", "scheduler", "mask_grow", "context", "resolution", "effect_threshold"],
+        [("image", "IMAGE"), ("effect_mask", "MASK"), ("crop_preview", "IMAGE")],
+    ),
 }
 
 # What the frontend draws besides slots and one-line widgets (ComfyUI frontend 1.27, litegraph LGraphNode.computeSize):
 MULTILINE_WIDGETS = {("SegDrop_AttentionCapture", "prompt")}
 """Text areas: a DOM widget of at least 50 px."""
-IMAGE_PREVIEW_NODES = {"LoadImage", "PreviewImage"}
+IMAGE_PREVIEW_NODES = {"LoadImage", "PreviewImage", "SaveImage"}
 """Nodes that show an image below their widgets (the frontend's image preview widget: at least 220 px)."""
 DISPLAY_NAMES = {
     "CheckpointLoaderSimple": "Load Checkpoint",
@@ -61,6 +74,10 @@ DISPLAY_NAMES = {
     "SegDrop_AttentionCapture": "Attention Capture",
     "SegDrop_GMMBinarize": "GMM Binarize (concept distillation)",
     "SegDrop_KLMergeSegment": "KL Merge Segment (DiffSeg)",
+    "LoraLoader": "Load LoRA",
+    "SaveImage": "Save Image",
+    "SegDrop_ObjectDropConditioning": "ObjectDrop Conditioning",
+    "SegDrop_ObjectDropRemove": "ObjectDrop Remove",
 }
 
 TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT; drawn above a node's pos, not counted in its size
@@ -149,6 +166,11 @@ def layout(graph: dict) -> dict[int, tuple[list[int], list[int]]]:
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 IMAGE = "example.png"
+INPAINTING_CHECKPOINT = "sd-v1-5-inpainting.ckpt"
+"""ObjectDrop removal runs on an SD inpainting model (9 UNet input channels) plus the removal LoRA."""
+REMOVAL_LORA = "objectdrop_removal_sd15.safetensors"
+REMOVAL_IMAGE = "example_with_alpha_mask.png"
+"""Load Image's MASK is the PNG's alpha (paint the object in ComfyUI's mask editor)."""
 
 
 def loader_nodes() -> dict:
@@ -182,6 +204,20 @@ WORKFLOWS: dict[str, dict] = {
             {"attention": (4, 0), "image": (2, 0)}),
         6: ("PreviewImage", {}, {"images": (4, 1)}),
         7: ("PreviewImage", {}, {"images": (5, 2)}),
+    },
+    "object_removal": {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": INPAINTING_CHECKPOINT}, {}),
+        2: ("LoraLoader", {"lora_name": REMOVAL_LORA, "strength_model": 1.0, "strength_clip": 1.0},
+            {"model": (1, 0), "clip": (1, 1)}),
+        3: ("LoadImage", {"image": REMOVAL_IMAGE, "upload": "image"}, {}),
+        4: ("SegDrop_ObjectDropRemove", {"seed": 0, "steps": 50, "cfg": 1.0, "sampler_name": "euler",
+                                         "scheduler": "normal", "mask_grow": 8, "context": 1.0, "resolution": 512,
+                                         "effect_threshold": 0.08},
+            {"model": (2, 0), "clip": (2, 1), "vae": (1, 2), "image": (3, 0), "mask": (3, 1)}),
+        5: ("SaveImage", {"filename_prefix": "objectdrop"}, {"images": (4, 0)}),
+        6: ("PreviewImage", {}, {"images": (4, 2)}),
+        7: ("MaskToImage", {}, {"mask": (4, 1)}),
+        8: ("PreviewImage", {}, {"images": (7, 0)}),
     },
 }
 
@@ -246,6 +282,37 @@ def write_all(folder: Path = HERE) -> list[Path]:
             path.write_text(json.dumps(data, indent=2) + "\n")
             written.append(path)
     return written
+
+
+THUMBNAIL_SCENE = 2  # toy-world seed of the thumbnail scene: one object on a floor, with a shadow and a reflection
+
+
+def write_object_removal_thumbnail(folder: Path = HERE) -> Path:
+    """``object_removal.jpg``: a toy-world scene (an object with its shadow/reflection), its object mask, the
+    effect-aware composite mask (``segdrop.removal.effect_mask`` between the scene and its exact counterfactual)
+    and the toy world's ground-truth counterfactual (the object and its effects removed). It shows what the
+    workflow is for; it is not a model's output (no removal LoRA ships with the pack)."""
+    import importlib.util
+
+    import torch
+
+    from segdrop.removal import effect_mask
+    from segdrop.toyworld import make_scene
+
+    spec = importlib.util.spec_from_file_location("segdrop_build_thumbnails", folder / "build_thumbnails.py")
+    thumbs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thumbs)
+    thumbs.TITLES["object_removal"] = ("Object removal", "ObjectDrop: object + shadow out",
+                                       ("image", "masks", "removed"))
+    scene = make_scene(THUMBNAIL_SCENE, 96, n_objects=1)
+    image, clean = torch.as_tensor(scene.image), torch.as_tensor(scene.counterfactual)
+    composite = effect_mask(image, clean, torch.as_tensor(scene.object_mask).float(), grow=1, feather=1)
+    shown = composite[..., None] * torch.tensor([1.0, 0.3, 0.3])  # red: the effect-aware composite mask
+    shown[torch.as_tensor(scene.object_mask)] = 1.0  # white: the object mask inside it
+    card = thumbs.draw_card("object_removal", [[image.numpy(), shown.numpy(), clean.numpy()]])
+    path = folder / "object_removal.jpg"
+    card.save(path, quality=85, optimize=True, progressive=True)
+    return path
 
 
 if __name__ == "__main__":

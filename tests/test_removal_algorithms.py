@@ -1,0 +1,138 @@
+"""segdrop.removal without ComfyUI: crop box, working size, stitch and the effect-aware composite mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segdrop.removal import (
+    CropBox,
+    changed_region,
+    conditioning_set_values,
+    crop,
+    crop_box,
+    dilate,
+    effect_mask,
+    mask_bbox,
+    stitch,
+    working_size,
+)
+
+
+def square_mask(h=100, w=120, top=30, left=40, size=20) -> torch.Tensor:
+    mask = torch.zeros(h, w)
+    mask[top : top + size, left : left + size] = 1
+    return mask
+
+
+def test_mask_bbox_is_tight_and_none_for_empty():
+    assert mask_bbox(square_mask()) == CropBox(30, 40, 50, 60)
+    assert mask_bbox(torch.zeros(8, 8)) is None
+
+
+@pytest.mark.parametrize("context", [0.0, 0.5, 1.0, 3.0, 50.0])
+@pytest.mark.parametrize("where", [(30, 40), (0, 0), (80, 100), (0, 100), (80, 0)])
+def test_crop_box_contains_the_mask_and_stays_in_bounds(context, where):
+    mask = square_mask(top=where[0], left=where[1])
+    box = crop_box(mask, context)
+    tight = mask_bbox(mask)
+    assert 0 <= box.top <= tight.top and 0 <= box.left <= tight.left
+    assert tight.bottom <= box.bottom <= 100 and tight.right <= box.right <= 120
+    assert crop(mask[..., None], box).sum() == mask.sum()  # the whole mask is inside
+
+
+def test_crop_box_grows_more_below_than_above():
+    box = crop_box(square_mask(h=200, w=200, top=80, left=80, size=40), context=1.0)
+    above, below = 80 - box.top, box.bottom - 120
+    assert below > above and below == 28 and above == 12
+    assert 80 - box.left == box.right - 120 == 20  # half the width on each side
+    assert crop_box(torch.zeros(10, 10)) is None
+    with pytest.raises(ValueError):
+        crop_box(square_mask(), -1)
+
+
+def test_full_image_mask_crops_everything():
+    assert crop_box(torch.ones(33, 47), 1.0) == CropBox(0, 0, 33, 47)
+
+
+@pytest.mark.parametrize("size,expected", [((100, 200), (256, 512)), ((512, 512), (512, 512)), ((37, 300), (64, 512)),
+                                           ((3, 1000), (8, 512))])
+def test_working_size_long_side_and_multiples_of_8(size, expected):
+    h, w = working_size(*size, resolution=512)
+    assert (h, w) == expected and h % 8 == 0 and w % 8 == 0
+
+
+def test_stitch_of_an_identity_result_reproduces_the_input_exactly():
+    torch.manual_seed(0)
+    image = torch.rand(2, 100, 120, 3)
+    box = crop_box(square_mask(), 1.0)
+    for mask in (None, torch.rand(box.height, box.width), torch.ones(box.height, box.width)):
+        assert torch.equal(stitch(image, crop(image, box).clone(), box, mask), image)
+
+
+def test_stitch_pastes_inside_the_mask_only():
+    image = torch.zeros(1, 40, 40, 3)
+    box = CropBox(10, 10, 30, 30)
+    mask = torch.zeros(20, 20)
+    mask[5:10, 5:10] = 1
+    out = stitch(image, torch.ones(1, 20, 20, 3), box, mask)
+    assert out.sum() == 25 * 3 and torch.equal(out[0, 15:20, 15:20], torch.ones(5, 5, 3))
+    assert image.sum() == 0  # the input is not modified
+    with pytest.raises(ValueError, match="box"):
+        stitch(image, torch.ones(1, 5, 5, 3), box)
+
+
+def scene():
+    """A 64x64 grey scene with an object (rows 10-29) and its shadow below (rows 30-39); output: both gone,
+    plus a one-pixel speck far away and VAE-like noise everywhere."""
+    torch.manual_seed(0)
+    before = torch.full((64, 64, 3), 0.5)
+    before[10:30, 20:40] = torch.tensor([0.9, 0.1, 0.1])
+    before[30:40, 18:44] = 0.2  # shadow
+    after = torch.full((64, 64, 3), 0.5) + 0.02 * torch.randn(64, 64, 3)
+    after[60, 2] = 1.0  # an isolated speck: a component smaller than min_area
+    obj = torch.zeros(64, 64)
+    obj[10:30, 20:40] = 1
+    return before, after, obj
+
+
+def test_effect_mask_contains_object_and_changed_region_not_far_unchanged_pixels():
+    before, after, obj = scene()
+    mask = effect_mask(before, after, obj, grow=2, feather=2)
+    assert mask.shape == (64, 64) and mask.min() >= 0 and mask.max() <= 1
+    assert torch.all(mask[obj > 0.5] == 1)
+    assert torch.all(mask[30:40, 18:44] == 1)  # the removed shadow, outside the object mask
+    assert torch.all(mask[:5] == 0) and torch.all(mask[50:] == 0) and torch.all(mask[:, 50:] == 0)
+    assert mask[60, 2] == 0  # the speck was dropped
+    # Soft edge: values between 0 and 1 just outside the union.
+    assert 0 < float(mask[42, 30]) < 1
+
+
+def test_effect_mask_keeps_the_object_even_when_nothing_changed_and_batches():
+    before, _, obj = scene()
+    mask = effect_mask(before[None].expand(2, -1, -1, -1), before[None].expand(2, -1, -1, -1), obj[None].expand(2, -1, -1))
+    assert mask.shape == (2, 64, 64) and torch.all(mask[:, obj > 0.5] == 1)
+    assert torch.all(mask[:, 50:] == 0)
+
+
+def test_changed_region_threshold_and_min_area():
+    before = torch.zeros(20, 20, 3)
+    after = before.clone()
+    after[2:8, 2:8] = 0.5
+    after[15, 15] = 0.5
+    after[10:12, 10:12] = 0.05  # below the threshold
+    region = changed_region(before, after, threshold=0.08, min_area=4)
+    assert region.sum() == 36 and region[2:8, 2:8].all()
+    assert changed_region(before, after, threshold=0.08, min_area=1).sum() == 37
+
+
+def test_dilate_grows_by_pixels():
+    mask = torch.zeros(9, 9)
+    mask[4, 4] = 1
+    assert dilate(mask, 2).sum() == 25 and dilate(mask, 0) is mask
+
+
+def test_conditioning_set_values_copies():
+    cond = [[torch.zeros(1), {"pooled_output": 1}]]
+    out = conditioning_set_values(cond, {"concat_mask": 2})
+    assert out[0][1] == {"pooled_output": 1, "concat_mask": 2} and cond[0][1] == {"pooled_output": 1}
