@@ -1,7 +1,8 @@
 """``python -m segdrop.training <recipe> ...`` (also ``accelerate launch -m segdrop.training <recipe> ...``).
 
-Recipes: ``scratch`` (train a small text-to-image model from scratch, see ``train_scratch.py``). The subcommand
-structure leaves room for ``lora`` and ``objectdrop`` recipes.
+Recipes: ``scratch`` (train a small text-to-image model from scratch, see ``train_scratch.py``), ``inpaint``
+(widen a text-to-image model into a concat-conditioned inpainting model, ``train_inpaint.py``) and ``removal``
+(ObjectDrop counterfactual fine-tuning of an inpainting model, ``train_removal.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import counterfactual_data, train_scratch
+    from . import counterfactual_data, train_inpaint, train_removal, train_scratch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m segdrop.training", description="SegDrop training recipes")
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = sub.add_parser("scratch", help="train a small text-to-image latent-diffusion model from scratch on the toy world")
     train_scratch.build_parser(scratch)
     counterfactual_data.build_parser(sub.add_parser("counterfactual-data", help="build a normalised F/G/M counterfactual-triplet dataset (see counterfactual_data.py)"))
+    train_inpaint.build_parser(sub.add_parser("inpaint", help="widen a text-to-image model into an inpainting model (random masks; see train_inpaint.py)"))
+    train_removal.build_parser(sub.add_parser("removal", help="ObjectDrop removal: fine-tune an inpainting model on counterfactual triplets (see train_removal.py)"))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         return counterfactual_data.run(args)
     if args.recipe == "scratch":
         return train_scratch.run(args, argv[1:])
+    if args.recipe == "inpaint":
+        return train_inpaint.run(args, argv[1:])
+    if args.recipe == "removal":
+        return train_removal.run(args, argv[1:])
     parser.error(f"unknown recipe {args.recipe}")
     return 2
 

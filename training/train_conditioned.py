@@ -1,0 +1,436 @@
+"""Shared machinery of the concat-conditioned recipes (``inpaint`` and ``removal``): the common settings, the
+flat-TOML/flag config handling for any recipe dataclass, and one training loop that only asks the recipe for its
+UNet and its per-step batches.
+
+Settings precedence is scratch's: dataclass defaults < ``--config`` TOML (flat keys, or a ``[<recipe>]`` table) <
+CLI flags. Determinism is scratch's too: every random draw of a step (examples, masks, augmentation, caption
+dropout, noise, timesteps) comes from ``torch.Generator().manual_seed(seed * 1_000_003 + step)`` for the GLOBAL
+batch, and process k trains on slice k, so a resumed run reproduces the uninterrupted one exactly. Checkpoints,
+resume, the loss log and the process-count check are ``training/loop.py``'s.
+
+The text encoder is frozen in both recipes, so the prompt states are computed once (``Batch.hidden_index`` picks
+a row of the recipe's table of encoded prompts) and only the UNet trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import tomllib
+import torch
+import torch.nn.functional as F
+
+from .conditioned_unet import latent_mask, unet_input
+from .loop import (
+    LOSS_FILE,
+    ConfigError,
+    LossLog,
+    check_scheduler_position,
+    checkpoint_state,
+    dumps_strict,
+    finite_or_none,
+    launch_command,
+    load_latest_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    write_text_atomic,
+)
+
+logger = logging.getLogger("segdrop.training.conditioned")
+
+
+@dataclass
+class CommonConfig:
+    """Settings shared by ``inpaint`` and ``removal`` (the recipes add data and model fields)."""
+
+    base: str = "models/default"  # model to start from (a SegDrop bundle or a diffusers folder)
+    output_dir: str = "out/conditioned"
+    steps: int = 1000
+    batch_size: int = 16  # per process
+    lr: float = 1e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    snr_gamma: float = 0.0  # >0: Min-SNR loss weighting, e.g. 5.0
+    seed: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
+    num_threads: int = 0  # >0: torch.set_num_threads
+    max_train_minutes: float = 0.0  # >0: stop (checkpoint + export) once this much wall time is used
+    checkpointing_steps: int = 250
+    checkpoints_total_limit: int = 2
+    resume: bool = False
+    log_every: int = 10
+    save_dtype: str = "auto"  # auto (float32 if the UNet + text encoder stay <= 20 MB, else float16) | float32 | float16
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def _field_kind(cls: type, name: str) -> str:
+    hint = typing.get_type_hints(cls)[name]
+    text = str(hint)
+    if "list[str]" in text:
+        return "list_str"
+    if "list[int]" in text:
+        return "list_int"
+    if hint is bool:
+        return "bool"
+    if hint is int:
+        return "int"
+    if hint is float:
+        return "float"
+    return "str"
+
+
+def coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """``value`` (from TOML or a flag) as the type of field ``name`` of ``cls``; a ``ConfigError`` says what is wrong."""
+    kind, default = _field_kind(cls, name), getattr(cls(), name)
+    try:
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            return [int(v) for v in value] if kind == "list_int" else [str(v) for v in value]
+        if kind == "bool":
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: bad value {value!r} for {name!r} (expected like {default!r})") from None
+
+
+def load_toml(cls: type, path: str | os.PathLike, table: str) -> dict:
+    """Flat keys (or a ``[table]`` section) of ``path``; unknown keys are an error listing the known ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    if isinstance(data.get(table), dict):
+        data = {**{k: v for k, v in data.items() if k != table}, **data[table]}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))} in {path}; "
+                          f"known keys: {', '.join(sorted(names))}")
+    return {k: coerce(cls, k, v, str(path)) for k, v in data.items()}
+
+
+def dump_toml(config: Any) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return json.dumps(v)
+
+    return "".join(f"{k} = {fmt(v)}\n" for k, v in dataclasses.asdict(config).items() if v is not None)
+
+
+def add_arguments(cls: type, parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """One flag per field of ``cls`` (``--name``; booleans also ``--no-name``); unset flags do not override TOML."""
+    helps = helps or {}
+    parser.add_argument("--config", help="TOML file with flat keys named like the flags; flags given here win")
+    for f in dataclasses.fields(cls):
+        kind, default = _field_kind(cls, f.name), getattr(cls(), f.name)
+        text = (helps.get(f.name, "") + f" (default {default!r})").strip()
+        flag = "--" + f.name
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        elif kind.startswith("list"):
+            parser.add_argument(flag, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text)
+
+
+def resolve_config(cls: type, args: argparse.Namespace, table: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_toml(cls, args.config, table))
+    values.update({k: coerce(cls, k, v, "command line") for k, v in vars(args).items() if k in names})
+    return cls(**values)
+
+
+def validate_common(c: CommonConfig) -> None:
+    checks = [
+        (bool(c.base), "base is empty: give --base <model folder>"),
+        (c.steps >= 1, "steps must be >= 1"),
+        (c.batch_size >= 1, "batch_size must be >= 1"),
+        (c.lr > 0, "lr must be > 0"),
+        (c.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        (c.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+        (c.save_dtype in ("auto", "float32", "float16"), "save_dtype must be auto, float32 or float16"),
+        (c.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
+        (c.checkpoints_total_limit >= 1, "checkpoints_total_limit must be >= 1"),
+        (c.log_every >= 1, "log_every must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load_base(path: str):
+    """The base bundle in float32 (training precision); a missing or unloadable folder is a ``ConfigError``."""
+    from .bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(path)
+    except BundleError as error:
+        raise ConfigError(f"--base {path}: {error}") from None
+    if getattr(bundle.unet.config, "addition_embed_type", None):
+        raise ConfigError(f"--base {path}: the UNet needs added conditioning ({bundle.unet.config.addition_embed_type!r}, "
+                          "an SDXL-style model); only SD1.x-style and SegDrop bundles are supported today")
+    return bundle.to(torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------- training loop
+
+
+@dataclass
+class Batch:
+    """One step's GLOBAL batch in pixel space, on CPU: ``target`` and ``cond`` float (B, 3, H, W) in [0, 1] (cond
+    already grayed where the recipe wants it), ``mask`` bool (B, 1, H, W), ``hidden_index`` long (B,) into the
+    recipe's encoded-prompt table."""
+
+    target: torch.Tensor
+    cond: torch.Tensor
+    mask: torch.Tensor
+    hidden_index: torch.Tensor
+
+    def slice(self, part: slice) -> "Batch":
+        return Batch(self.target[part], self.cond[part], self.mask[part], self.hidden_index[part])
+
+
+@dataclass
+class Recipe:
+    """What a conditioned recipe supplies to ``train_loop``."""
+
+    name: str
+    unet: Any  # the UNet to train (widened / with adapters), float32
+    params: list  # the parameters that train
+    hidden: torch.Tensor  # (P, L, D) encoded prompts, from the frozen text encoder
+    draw: Callable[[torch.Generator, int], Batch]  # (step generator, global batch size) -> global batch
+    export: Callable[[Any, dict], None]  # (trained unwrapped unet, run info) -> writes the outputs (main process)
+
+
+def config_header(num_processes: int, batch_size: int, command: str) -> str:
+    return (f"# written by: {' '.join(command.splitlines())}\n"
+            f"# num_processes = {num_processes}; batch_size is per process: global batch = "
+            f"{batch_size} x {num_processes} = {batch_size * num_processes}\n")
+
+
+def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: Recipe, started: float) -> dict:
+    """Train ``recipe.unet`` on ``recipe.draw`` batches with the epsilon loss; checkpoints, exact resume and the loss
+    log via ``loop.py``; then ``recipe.export`` on the main process. Returns steps, wall time and final loss."""
+    from diffusers.optimization import get_constant_schedule_with_warmup
+
+    from .train_scratch import min_snr_weights
+
+    out = Path(config.output_dir)
+    is_main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    command = launch_command(command, world)  # the accelerate launch line when several processes run
+    global_batch = config.batch_size * world
+    scheduler, codec = bundle.scheduler, bundle.codec
+    unet = recipe.unet
+    optimizer = torch.optim.AdamW(recipe.params, lr=config.lr, weight_decay=config.weight_decay)
+    lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+
+    step, wall_before = 0, 0.0
+    resumed = load_latest_checkpoint(accelerator, out) if config.resume else None
+    if resumed is not None:
+        step, wall_before = resumed.step, float(resumed.state.get("wall_time_s") or 0.0)
+        check_scheduler_position(lr_scheduler, step, resumed.path)
+    elif config.resume:
+        logger.info("no checkpoint in %s: starting from step 0", out)
+    log = LossLog(out / LOSS_FILE)
+    if is_main:
+        if config.resume:
+            log.truncate(step)
+        write_text_atomic(out / "config.toml", config_header(world, config.batch_size, command) + dump_toml(config))
+    accelerator.wait_for_everyone()
+
+    device = accelerator.device
+    hidden_table = recipe.hidden.to(device)
+    unet.train()
+    if is_main:
+        log.open()
+    recent: list[float] = []
+    tic, stopped_early, last_loss, lr = time.time(), False, None, None
+    try:
+        while step < config.steps:
+            g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            batch = recipe.draw(g, global_batch)
+            side = batch.target.shape[-1] // codec.factor
+            noise = torch.randn(global_batch, codec.latent_channels, side, side, generator=g)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (global_batch,), generator=g)
+            part = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+            batch, noise, timesteps = batch.slice(part), noise[part], timesteps[part]
+
+            with torch.no_grad():
+                target = codec.encode(batch.target).float().cpu()
+                cond = codec.encode(batch.cond).float().cpu()
+            noisy = scheduler.add_noise(target, noise, timesteps)
+            inp = unet_input(noisy, latent_mask(batch.mask, codec.factor), cond).to(device)
+            with accelerator.autocast():
+                pred = unet(inp, timesteps.to(device), hidden_table[batch.hidden_index.to(device)]).sample
+            per_sample = F.mse_loss(pred.float(), noise.to(device).float(), reduction="none").mean(dim=(1, 2, 3))
+            if config.snr_gamma > 0:
+                per_sample = per_sample * min_snr_weights(scheduler, timesteps, config.snr_gamma).to(device)
+            loss = per_sample.mean()
+            accelerator.backward(loss)
+            if config.max_grad_norm > 0 and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(recipe.params, config.max_grad_norm)
+            lr = float(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            last_loss = accelerator.reduce(loss.detach(), "mean").item()
+            recent.append(last_loss)
+            if is_main:
+                log.append(step, last_loss, lr)
+                if step % config.log_every == 0 or step == config.steps:
+                    k = min(len(recent), config.log_every)
+                    rate = (time.time() - tic) / max(1, len(recent))
+                    logger.info("%s step %d/%d loss %.4f (mean of last %d: %.4f) lr %.3g %.2f s/step, ~%.1f min left",
+                                recipe.name, step, config.steps, last_loss, k, sum(recent[-k:]) / k, lr, rate,
+                                rate * (config.steps - step) / 60)
+            over_time = config.max_train_minutes > 0 and (wall_before + time.time() - started) > config.max_train_minutes * 60
+            if world > 1:
+                over_time = accelerator.reduce(torch.tensor(float(over_time), device=device), "sum").item() > 0
+            if step % config.checkpointing_steps == 0 or step == config.steps or over_time:
+                state = checkpoint_state(step, num_processes=world, batch_size=config.batch_size, loss=last_loss,
+                                         lr=lr, wall_time_s=wall_before + time.time() - started, seed=config.seed,
+                                         command=command, recipe=recipe.name)
+                save_checkpoint(accelerator, out, step, state, config.checkpoints_total_limit)
+            if over_time and step < config.steps:
+                logger.info("max_train_minutes=%.1f reached at step %d: stopping", config.max_train_minutes, step)
+                stopped_early = True
+                break
+    finally:
+        log.close()
+
+    accelerator.wait_for_everyone()
+    wall = wall_before + time.time() - started
+    final_loss = log.loss_at(step)
+    if final_loss is None and resumed is not None and resumed.step == step:
+        final_loss = finite_or_none(resumed.state.get("loss"))
+    if final_loss is None and last_loss is not None:
+        final_loss = finite_or_none(last_loss)
+    losses = [r["loss"] for r in log.rows() if isinstance(r.get("loss"), (int, float))]
+    tail = losses[-100:]
+    run_info = finite_or_none({
+        "recipe": recipe.name, "train_command": command, "config": dataclasses.asdict(config),
+        "base": config.base, "steps": step, "stopped_early": stopped_early, "wall_time_s": round(wall, 1),
+        "num_processes": world, "global_batch_size": global_batch,
+        "first_loss": losses[0] if losses else None, "final_loss": final_loss,
+        "final_loss_mean_last_100": sum(tail) / len(tail) if tail else None, "torch": torch.__version__,
+    })
+    if is_main:
+        recipe.export(accelerator.unwrap_model(unet).eval(), run_info)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"steps": step, "wall_time_s": round(wall, 1), "final_loss": final_loss, "num_processes": world,
+            "global_batch_size": global_batch, "output": str(out / "model")}
+
+
+def base_info(bundle) -> dict:
+    """The base bundle's settings a derived bundle must keep (prompt template, vocabulary, tokenizer length)."""
+    keep = ("object_prompt", "prediction_type", "max_length", "vocabulary")
+    return {k: bundle.info[k] for k in keep if k in bundle.info}
+
+
+def save_derived_bundle(bundle, unet, info: dict, folder: Path, save_dtype: str) -> Path:
+    """``save_bundle`` of ``bundle`` with ``unet`` swapped in, in ``save_dtype`` (auto: float32 up to 20 MB)."""
+    from .bundle import ModelBundle, save_bundle
+
+    te = bundle.text_encoder
+    if save_dtype == "auto":
+        mb = sum(p.numel() for m in (unet, te) for p in m.parameters()) * 4 / 1e6
+        save_dtype = "float32" if mb <= 20 else "float16"
+    if save_dtype == "float16":
+        unet, te = unet.to(torch.float16), te.to(torch.float16)
+    info = {**info, "weights_dtype": save_dtype}
+    dumps_strict(info, default=str)
+    derived = ModelBundle(unet, te, bundle.tokenizer, bundle.scheduler, bundle.codec, bundle.image_size, info)
+    return save_bundle(derived, folder)
+
+
+def sd_layout_problem(unet) -> str | None:
+    """Why ``training/export.py`` cannot write ``unet`` in SD (LDM/kohya) form, or ``None`` when it can (or the
+    exporter is missing, which the caller finds on import)."""
+    try:
+        from .export import check_sd_layout
+    except ImportError:
+        return "training/export.py is not installed"
+    try:
+        check_sd_layout(dict(unet.config))
+    except ValueError as error:
+        return str(error).split(":")[0]
+    return None
+
+
+def export_single_file(unet, out: Path, metadata: dict) -> dict[str, str]:
+    """SD-layout UNets (an SD inpainting base): also ``unet_ldm.safetensors`` via ``export.save_unet_single_file``
+    (ComfyUI's UNETLoader). Toy layouts are diffusers-folder only: nothing extra, the reason is logged."""
+    problem = sd_layout_problem(unet)
+    if problem is not None:
+        logger.info("no single-file UNet export (%s); the model/ bundle is the output", problem)
+        return {}
+    from .export import save_unet_single_file
+
+    return {"single_file": str(save_unet_single_file(unet, out / "unet_ldm.safetensors", metadata))}
+
+
+def setup_threads_and_accelerator(config: CommonConfig):
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    return make_accelerator(mixed_precision=config.mixed_precision)
+
+
+def run_cli(train: Callable[[Any, str], dict], resolve: Callable[[argparse.Namespace], Any], args: argparse.Namespace,
+            argv: list[str], recipe: str) -> int:
+    """Resolve, train, and turn a ``ConfigError`` into ``error: ...`` on stderr and exit status 2."""
+    import shlex
+
+    try:
+        config = resolve(args)
+        train(config, f"python -m segdrop.training {recipe} " + shlex.join(argv))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["Batch", "CommonConfig", "Recipe", "add_arguments", "base_info", "coerce", "dump_toml", "export_single_file",
+           "load_base", "sd_layout_problem",
+           "load_toml", "resolve_config", "run_cli", "save_derived_bundle", "train_loop", "validate_common"]

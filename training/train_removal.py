@@ -1,0 +1,336 @@
+"""ObjectDrop removal: counterfactual fine-tuning of an inpainting model (Winter et al., ECCV 2024, §4).
+
+    python -m segdrop.training removal --config training/configs/toy_removal.toml --base out/toy_inpaint/model
+    python -m segdrop.training removal --config training/configs/toy_removal_lora.toml --base out/toy_inpaint/model
+    python -m segdrop.training removal --base path/to/sd15-inpainting --data_dir photos/ --lora_rank 16
+
+Base: a concat-conditioned model with 2C+1 input channels: a toy one from ``python -m segdrop.training inpaint`` or
+a diffusers SD1.x inpainting folder (``model_index.json``, 9-channel UNet + VAE). SDXL inpainting (added
+conditioning) and single-file ``.safetensors`` checkpoints (``from_single_file``) are not supported yet.
+
+Data: counterfactual triplets read with ``training/counterfactual_data.py`` from ``--data_dir`` (a toy-world
+dataset, a normalised ``counterfactual-data`` folder, or ``<name>_F/_G/_M`` photos; missing masks must be made
+first with ``counterfactual-data --sam_checkpoint``) or ``--generate N`` toy-world scenes. Images whose size is
+not the model's: square ones are resized (F and G bicubic, the mask by area > 0.5); non-square ones are an error
+(crop them first).
+
+Training example (as the paper): noisy latent of the COUNTERFACTUAL G, the OBJECT mask M (not its shadow), the
+latent of the FACTUAL image F as it is (object not grayed), the EMPTY prompt; epsilon loss. Mask augmentation (on
+by default, ``--no-mask_augment`` turns it off): each example's mask is dilated or eroded by r pixels, r uniform in
+[-mask_augment_px, mask_augment_px] from the step generator (erosion that would empty the mask keeps the original),
+so the model tolerates loose and tight user masks. ``--gray_object`` is the ablation that grays the object in F
+(the inpainting convention; the benchmark's ``objectdrop_grayed`` row).
+
+Modes: full fine-tune (default) or ``--lora_rank R``: peft LoRA on ``lora_targets`` (default the attention
+projections to_q, to_k, to_v, to_out.0) with ``lora_alpha`` (default = rank); everything else, conv_in included,
+stays frozen. Paper settings (SDXL-like internal model): lr 1e-5, batch 128, 50k steps, 512x512; the toy configs
+in ``training/configs/`` scale these to the 1.7 M-parameter toy UNet on CPU.
+
+Outputs: ``model/`` (a SegDrop bundle; with LoRA the adapter is merged into it) whose info records
+``conditioning="removal"``, ``in_layout="noise+mask+image"``, ``gray_masked`` (= gray_object), ``base``, ``steps``,
+``lora``. With LoRA also ``lora/``: ``training/export.py``'s ``save_lora`` (kohya + diffusers files) for SD-layout
+UNets, else (the toy layout, which has no LDM/kohya names) the peft adapter as ``adapter_model.safetensors`` +
+``adapter_config.json``. A full fine-tune of an SD-layout UNet also writes ``unet_ldm.safetensors``
+(``save_unet_single_file``, for ComfyUI's UNETLoader).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .conditioned_unet import gray_out, inpaint_in_channels, is_inpaint_unet
+from .loop import ConfigError, prepare_run_dir
+from .train_conditioned import (
+    Batch,
+    CommonConfig,
+    Recipe,
+    add_arguments,
+    base_info,
+    export_single_file,
+    load_base,
+    resolve_config,
+    run_cli,
+    save_derived_bundle,
+    sd_layout_problem,
+    setup_threads_and_accelerator,
+    train_loop,
+    validate_common,
+)
+from .train_inpaint import resolve_base
+
+logger = logging.getLogger("segdrop.training.removal")
+DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class RemovalConfig(CommonConfig):
+    base: str = ""  # an inpainting model (2C+1 input channels)
+    data_dir: str | None = None  # triplets: toy-world, normalised counterfactual-data folder, or name_F/_G/_M photos
+    generate: int = 0  # >0: render this many toy-world scenes into <output_dir>/data first
+    split: str = "train"  # (with --generate: the split name the scenes are rendered under)
+    output_dir: str = "out/removal"
+    lr: float = 1e-5  # the paper's
+    mask_augment: bool = True
+    mask_augment_px: int = 2  # dilation/erosion radius drawn from [-px, px]
+    gray_object: bool = False  # ablation: gray the object in the conditioning image (inpainting convention)
+    lora_rank: int = 0  # 0: full fine-tune
+    lora_alpha: float = 0.0  # 0: = lora_rank (scale 1)
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+
+
+HELPS = {
+    "base": "inpainting model: `python -m segdrop.training inpaint` output or a diffusers SD1.x inpainting folder",
+    "data_dir": "counterfactual triplets (toy-world / counterfactual-data folder / name_F,_G,_M photos)",
+    "gray_object": "ablation: gray out the object in the conditioning image",
+    "lora_rank": "LoRA rank (0 = full fine-tune)",
+}
+
+
+def validate(c: RemovalConfig) -> None:
+    if not c.base:
+        raise ConfigError("no base model: give --base <inpainting model>, e.g. the `model/` folder written by "
+                          "`python -m segdrop.training inpaint`, or a diffusers SD inpainting folder")
+    validate_common(c)
+    if not c.data_dir and c.generate <= 0:
+        raise ConfigError("no training data: give --data_dir <triplet folder> or --generate N (toy-world scenes)")
+    if c.data_dir and c.generate > 0:
+        raise ConfigError("give either --data_dir or --generate, not both")
+    if c.data_dir and not Path(c.data_dir).is_dir():
+        raise ConfigError(f"data_dir {c.data_dir} does not exist")
+    if c.mask_augment_px < 0:
+        raise ConfigError("mask_augment_px must be >= 0")
+    if c.lora_rank < 0 or c.lora_alpha < 0:
+        raise ConfigError("lora_rank and lora_alpha must be >= 0")
+    if c.lora_rank and not c.lora_targets:
+        raise ConfigError("lora_targets is empty: name the UNet modules to adapt, e.g. to_q to_k to_v to_out.0")
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _resize_square(triplet, size: int):
+    """Resize a square triplet to ``size`` (F, G bicubic; mask by area > 0.5); non-square is a ``ConfigError``."""
+    from PIL import Image
+
+    h, w = triplet.mask.shape
+    if (h, w) == (size, size):
+        return triplet.factual, triplet.counterfactual, triplet.mask
+    if h != w:
+        raise ConfigError(f"triplet {triplet.id!r} is {w}x{h}, not square; the model trains at {size}x{size}: crop the "
+                          "images (and mask) to a square first")
+    def rgb(a: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC))
+    area = np.asarray(Image.fromarray(triplet.mask.astype(np.uint8) * 255).resize((size, size), Image.BOX))
+    return rgb(triplet.factual), rgb(triplet.counterfactual), area > 127
+
+
+def load_triplet_tensors(folder: Path, size: int) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids, F and G uint8 (N, 3, S, S), M bool (N, 1, S, S) of every triplet in ``folder``."""
+    from .counterfactual_data import list_triplets, load_triplet, require_masker
+
+    sources = list_triplets(folder)
+    require_masker(sources, None)
+    ids, fs, gs, ms = [], [], [], []
+    for source in sources:
+        f, g, m = _resize_square(load_triplet(source), size)
+        if not m.any():
+            raise ConfigError(f"triplet {source.id!r} in {folder} has an empty mask after resizing to {size}")
+        ids.append(source.id)
+        fs.append(torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1))
+        gs.append(torch.from_numpy(np.ascontiguousarray(g)).permute(2, 0, 1))
+        ms.append(torch.from_numpy(np.ascontiguousarray(m))[None])
+    return ids, torch.stack(fs), torch.stack(gs), torch.stack(ms)
+
+
+def augment_masks(g: torch.Generator, masks: torch.Tensor, max_px: int) -> torch.Tensor:
+    """Dilate (r > 0) or erode (r < 0) each mask (B, 1, H, W) by |r| px, r uniform in [-max_px, max_px] from ``g``
+    (square structuring element); an erosion that empties a mask keeps the original."""
+    radii = torch.randint(-max_px, max_px + 1, (masks.shape[0],), generator=g)
+    out = masks.clone()
+    for i, r in enumerate(radii.tolist()):
+        if r == 0:
+            continue
+        k = 2 * abs(r) + 1
+        m = masks[i:i + 1].float()
+        if r > 0:
+            out[i] = F.max_pool2d(m, k, stride=1, padding=abs(r))[0] > 0.5
+        else:
+            eroded = 1 - F.max_pool2d(1 - m, k, stride=1, padding=abs(r))
+            if eroded.sum() > 0:
+                out[i] = eroded[0] > 0.5
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+
+
+def add_lora(unet, rank: int, alpha: float, targets: list[str]):
+    """Freeze ``unet`` and attach a peft LoRA adapter (gaussian-initialised A, zero B: starts as the base model)."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets))
+    try:
+        unet.add_adapter(config)
+    except ValueError as error:
+        raise ConfigError(f"lora_targets {targets} do not match modules of this UNet ({error}); attention projections "
+                          "are named to_q, to_k, to_v, to_out.0") from None
+    return unet
+
+
+def merge_lora(unet):
+    """Fold every LoRA layer into its base weight and remove the adapter, leaving a plain UNet2DConditionModel."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(unet.get_submodule(parent_name) if parent_name else unet, child, module.get_base_layer())
+    for attr in ("peft_config",):
+        if hasattr(unet, attr):
+            delattr(unet, attr)
+    unet._hf_peft_config_loaded = False
+    return unet
+
+
+def save_lora_fallback(unet, folder: Path, metadata: dict) -> dict[str, Path]:
+    """The peft adapter as ``adapter_model.safetensors`` + ``adapter_config.json`` in ``folder``, atomically."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+    cfg = unet.peft_config["default"].to_dict()
+    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"segdrop": json.dumps(metadata, default=str)})
+    (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=1, default=str) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return {"peft": folder / "adapter_model.safetensors"}
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def train(config: RemovalConfig, command: str) -> dict:
+    """Fine-tune ``config.base`` on counterfactual triplets (module docstring); returns steps, loss, output."""
+    from .train_scratch import generate_dataset
+
+    started = time.time()
+    accelerator = setup_threads_and_accelerator(config)
+    out = Path(config.output_dir)
+    bundle = load_base(config.base)  # checked before the run folder is touched
+    c = bundle.codec.latent_channels
+    if not is_inpaint_unet(bundle.unet, c):
+        raise ConfigError(
+            f"--base {config.base} is not an inpainting model: its UNet takes {bundle.unet.config.in_channels} input "
+            f"channels, removal needs {inpaint_in_channels(c)} (= 2x{c} latent + 1 mask); train one with "
+            "`python -m segdrop.training inpaint` or give an SD inpainting folder")
+    bundle.text_encoder.requires_grad_(False)
+    prepare_run_dir(accelerator, out, config.resume)
+
+    if config.generate > 0:
+        spec = SimpleNamespace(generate=config.generate, split=config.split, image_size=bundle.image_size, seed=config.seed)
+        data_dir = generate_dataset(spec, out) if accelerator.is_main_process else out / "data"
+        accelerator.wait_for_everyone()
+    else:
+        data_dir = Path(config.data_dir)
+    ids, factual, counterfactual, masks = load_triplet_tensors(data_dir, bundle.image_size)
+    n = len(ids)
+    hidden = bundle.encode_prompt([""]).float().cpu()  # the empty prompt, always
+    logger.info("removal: %d triplets from %s, base %s, %s", n, data_dir, config.base,
+                f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tune")
+
+    unet = bundle.unet
+    if config.lora_rank:
+        unet = add_lora(unet, config.lora_rank, config.lora_alpha, config.lora_targets)
+    else:
+        unet.requires_grad_(True)
+    params = [p for p in unet.parameters() if p.requires_grad]
+
+    def draw(g: torch.Generator, b: int) -> Batch:
+        index = torch.randint(0, n, (b,), generator=g)
+        mask = masks[index]
+        if config.mask_augment and config.mask_augment_px > 0:
+            mask = augment_masks(g, mask, config.mask_augment_px)
+        cond = factual[index].float() / 255.0
+        if config.gray_object:
+            cond = gray_out(cond, mask)
+        return Batch(counterfactual[index].float() / 255.0, cond, mask, torch.zeros(b, dtype=torch.long))
+
+    def export(trained, run_info: dict) -> None:
+        lora = ({"rank": config.lora_rank, "alpha": config.lora_alpha or config.lora_rank,
+                 "targets": list(config.lora_targets)} if config.lora_rank else None)
+        info = {**base_info(bundle), **run_info, "conditioning": "removal", "in_layout": "noise+mask+image",
+                "gray_masked": bool(config.gray_object), "mask_downsample": "max_pool", "prompt": "",
+                "mask_augment_px": config.mask_augment_px if config.mask_augment else 0, "lora": lora,
+                "base_recipe": bundle.info.get("recipe"), "train_triplets": n}
+        if config.lora_rank:
+            problem = sd_layout_problem(trained)
+            if problem is None:
+                from .export import save_lora
+
+                files = save_lora(trained, out / "lora", info)
+            else:  # toy layouts have no kohya/LDM names: keep the plain peft adapter
+                files = save_lora_fallback(trained, out / "lora", info)
+                logger.info("LoRA written as a peft adapter %s (%s)", files["peft"], problem)
+            info["lora_files"] = {k: str(v) for k, v in files.items()}
+            trained = merge_lora(trained)
+        else:
+            info["export_files"] = export_single_file(trained, out, info)
+        path = save_derived_bundle(bundle, trained, info, out / "model", config.save_dtype)
+        logger.info("wrote %s (%d steps, last loss %s)", path, run_info["steps"], run_info["final_loss"])
+
+    return train_loop(config, command, accelerator, bundle, Recipe("removal", unet, params, hidden, draw, export), started)
+
+
+def resolve(args: argparse.Namespace) -> RemovalConfig:
+    config = resolve_config(RemovalConfig, args, "removal")
+    if config.base:
+        config.base = resolve_base(config.base)
+    validate(config)
+    return config
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m segdrop.training removal", description=__doc__.split("\n\n")[0])
+    add_arguments(RemovalConfig, parser, HELPS)
+    return parser
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    return run_cli(train, resolve, args, argv, "removal")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train_scratch import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return run(args, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
