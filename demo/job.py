@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .data import LabelledImage, from_scene, read_folder
 from .localization import localization_report
 from .protocol import PANEL_CHOICE, EvalSettings, evaluate
-from .report import results_markdown, write_panels
+from .report import results_markdown, write_panels, write_removal_panels
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -33,6 +33,11 @@ class DemoConfig:
     samples: Path | None = None
     """Also write a PNG row of text-to-image samples here."""
     settings: EvalSettings = field(default_factory=EvalSettings)
+    removal: bool = True
+    """Also score object removal on held-out scenes with the committed toy removal models."""
+    removal_scenes: int = 50
+    removal_steps: int = 50
+    removal_models: Path = DEFAULT_MODEL.parent
 
 
 def toyworld_scenes(split: str, count: int, seed: int, size: int) -> list[LabelledImage]:
@@ -73,6 +78,10 @@ def run_demo(config: DemoConfig) -> dict:
     header = {"model": str(config.checkpoint), "data": "toy world, held-out test split"}
     results = run_evaluation(bundle, test, validation, config.settings, config.out, config.panels,
                              config.localization, header)
+    if config.removal:
+        results["removal"] = run_removal(config)
+        (config.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
+        (config.out / "results.md").write_text(results_markdown(results))
     if config.samples is not None:
         from PIL import Image
 
@@ -80,6 +89,20 @@ def run_demo(config: DemoConfig) -> dict:
 
         Image.fromarray(sample_grid(bundle)).save(config.samples)
     return results
+
+
+def run_removal(config: DemoConfig) -> dict:
+    """The removal table on held-out toy-world scenes with true counterfactuals; writes removal panels."""
+    from .removal import evaluate_removal, toy_removers
+
+    card = config.removal_models / "toy_inpaint" / "segdrop_model.json"
+    size = int(json.loads(card.read_text()).get("image_size", 64)) if card.is_file() else 64
+    items = toyworld_scenes("removal", config.removal_scenes, config.settings.seed, size)
+    with tqdm(total=6 * len(items), desc="evaluate: object removal", unit="image") as bar:
+        table, outputs = evaluate_removal(toy_removers(config.removal_models, config.removal_steps,
+                                                       config.settings.seed), items, progress=bar.update)
+    write_removal_panels(config.out, items[: config.panels], outputs)
+    return {"scenes": len(items), "steps": config.removal_steps, "rows": table}
 
 
 def evaluate_folder(folder: Path, checkpoint: Path, out: Path, split: str | None = None,
@@ -120,6 +143,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=DemoConfig.scenes, help="held-out scenes to evaluate")
     parser.add_argument("--validation-scenes", type=int, default=DemoConfig.validation_scenes)
     parser.add_argument("--samples", type=Path, help="also write a PNG row of text-to-image samples here")
+    parser.add_argument("--removal", action=argparse.BooleanOptionalAction, default=True,
+                        help="score object removal with the committed toy removal models (--no-removal skips it)")
+    parser.add_argument("--removal-scenes", type=int, default=DemoConfig.removal_scenes,
+                        help="held-out scenes with true counterfactuals for the removal table")
+    parser.add_argument("--removal-steps", type=int, default=DemoConfig.removal_steps, help="DDIM steps (paper: 50)")
     _settings_arguments(parser)
 
 
@@ -134,7 +162,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def demo_main(args: argparse.Namespace) -> int:
     config = DemoConfig(out=args.out, checkpoint=args.checkpoint, scenes=args.scenes,
                         validation_scenes=args.validation_scenes, panels=args.panels,
-                        localization=args.localization, samples=args.samples, settings=_settings(args))
+                        localization=args.localization, samples=args.samples, settings=_settings(args),
+                        removal=args.removal, removal_scenes=args.removal_scenes, removal_steps=args.removal_steps)
     results = run_demo(config)
     print(results_markdown(results))
     print(f"Wrote {config.out / 'results.md'}, results.json and picture panels.")

@@ -15,6 +15,7 @@ masks are the objects' visible masks (not their shadows), as a user would draw t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -92,3 +93,77 @@ def evaluate_removal(removers: dict[str, Remover], items: Sequence[LabelledImage
         outputs[name] = rows
         table[name] = removal_scores(rows, items, images)
     return table, outputs
+
+
+def _dilate(masks: np.ndarray, pixels: int) -> np.ndarray:
+    import torch
+
+    from ..removal.crop import dilate
+
+    return dilate(torch.from_numpy(masks), pixels).numpy() if pixels > 0 else masks
+
+
+def sampled_remover(bundle, *, gray_masked: bool, composite: str, steps: int = 50, seed: int = 0,
+                    mask_dilation: int = 0, effect_options: dict | None = None) -> Remover:
+    """A remover that samples a concat-conditioned model (``conditioned_sample``) and composites its output.
+
+    ``composite="mask"``: paste inside the (dilated) mask only, as ComfyUI's stock inpainting chain
+    (InpaintModelConditioning's noise mask + ImageCompositeMasked) does. ``composite="effects"``: paste inside
+    the effect-aware mask (object ∪ changed region, grown, feathered), as ObjectDropRemove does.
+    """
+    import torch
+
+    from ..removal.crop import paste
+    from ..removal.effect_mask import effect_mask
+    from ..training.conditioned_unet import conditioned_sample
+
+    if composite not in ("mask", "effects"):
+        raise ValueError(f"composite must be 'mask' or 'effects', got {composite!r}")
+
+    def remove(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        masks = _dilate(masks, mask_dilation)
+        output = conditioned_sample(bundle, images, masks, steps=steps, seed=seed, gray_masked=gray_masked)
+        before = torch.from_numpy(images).float() / 255
+        after = torch.from_numpy(output).float() / 255
+        if composite == "mask":
+            weight = torch.from_numpy(masks).float()
+        else:
+            weight = effect_mask(before, after, torch.from_numpy(masks).float(), **(effect_options or {}))
+        return np.rint(paste(before, after, weight).numpy() * 255).astype(np.uint8)
+
+    return remove
+
+
+TOY_MODELS = ("toy_inpaint", "toy_removal", "toy_removal_lora", "toy_removal_grayed")
+TOY_EFFECT_OPTIONS = {"threshold": 0.08, "min_area": 4, "grow": 1, "feather": 1}
+"""ObjectDropRemove's effect mask scaled to 64-px images (the node's grow/feather of 4 px are for 512-px crops)."""
+INPAINT_DILATION = 4
+"""The loose-mask baseline: the object mask grown by 4 px (two latent cells), which covers most toy shadows'
+nearest parts but also destroys context, the trade-off the paper describes."""
+
+
+def toy_removers(models: Path, steps: int = 50, seed: int = 0) -> dict[str, Remover]:
+    """The removal table's rows on the committed toy models (``models/toy_*``): input, inpaint, inpaint_dilated,
+    objectdrop, objectdrop_lora, objectdrop_grayed."""
+    from ..training.bundle import load_bundle
+    from ..training.train_removal import load_lora_fallback
+
+    missing = [name for name in TOY_MODELS if not (models / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"No toy removal models {missing} in {models}: train them with the commands in the "
+                                "README (python -m segdrop.training inpaint / removal).")
+    inpaint = load_bundle(models / "toy_inpaint")
+    lora = load_lora_fallback(load_bundle(models / "toy_inpaint"), models / "toy_removal_lora")
+    common = {"steps": steps, "seed": seed}
+    return {
+        "input": copy_input,
+        "inpaint": sampled_remover(inpaint, gray_masked=True, composite="mask", **common),
+        "inpaint_dilated": sampled_remover(inpaint, gray_masked=True, composite="mask",
+                                           mask_dilation=INPAINT_DILATION, **common),
+        "objectdrop": sampled_remover(load_bundle(models / "toy_removal"), gray_masked=False, composite="effects",
+                                      effect_options=TOY_EFFECT_OPTIONS, **common),
+        "objectdrop_lora": sampled_remover(lora, gray_masked=False, composite="effects",
+                                           effect_options=TOY_EFFECT_OPTIONS, **common),
+        "objectdrop_grayed": sampled_remover(load_bundle(models / "toy_removal_grayed"), gray_masked=True,
+                                             composite="effects", effect_options=TOY_EFFECT_OPTIONS, **common),
+    }

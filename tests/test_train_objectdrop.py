@@ -214,6 +214,12 @@ def test_removal_lora_trains_only_the_adapter_and_merges(tmp_path, inpaint_model
     info = load_bundle(out / "model").info
     assert info["lora"] == {"rank": 2, "alpha": 2, "targets": ["to_q", "to_k", "to_v", "to_out.0"]}
     assert all(Path(p).is_file() for p in info["lora_files"].values())
+    # the small adapter over the base gives the merged model back
+    reloaded = train_removal.load_lora_fallback(load_bundle(inpaint_model), out / "lora").unet.state_dict()
+    assert reloaded.keys() == tuned.keys()
+    assert max((reloaded[k] - tuned[k]).abs().max().item() for k in tuned) < 1e-6
+    with pytest.raises(train_removal.ConfigError, match="no peft adapter"):
+        train_removal.load_lora_fallback(load_bundle(inpaint_model), tmp_path)
 
 
 def test_removal_refuses_a_text_to_image_base_and_empty_triplet_folders(tmp_path, t2i, inpaint_model, toydata, capsys):
@@ -304,3 +310,40 @@ def test_toy_configs_parse_and_flags_override(name, module):
     assert config.steps == 7 and config.base.endswith("somewhere") and config.batch_size == 16
     if name == "toy_removal_lora":
         assert config.lora_rank == 8 and config.lora_targets == ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def test_the_removal_table_rows_run_on_recipe_models(tmp_path, inpaint_model, toydata):
+    """The demo's six removal rows on tiny models made by the recipes, laid out as models/toy_* are."""
+    import shutil
+
+    from segdrop.demo import from_scene
+    from segdrop.demo.removal import TOY_MODELS, evaluate_removal, toy_removers
+    from segdrop.toyworld import make_scene
+
+    models = tmp_path / "models"
+    shutil.copytree(inpaint_model, models / "toy_inpaint")
+    for name, extra in (("toy_removal", ()), ("toy_removal_grayed", ("--gray_object",)),
+                        ("toy_removal_lora", ("--lora_rank", "2"))):
+        assert train_removal.main(removal_argv(inpaint_model, toydata, tmp_path / name, "--steps", "2", *extra)) == 0
+        shutil.copytree(tmp_path / name / ("lora" if "lora" in name else "model"), models / name)
+    assert sorted(p.name for p in models.iterdir()) == sorted(TOY_MODELS)
+    items = [from_scene(make_scene(seed, size=SIZE, background="floor")) for seed in range(3)]
+    table, outputs = evaluate_removal(toy_removers(models, steps=2), items, batch=2)
+    assert list(table) == ["input", "inpaint", "inpaint_dilated", "objectdrop", "objectdrop_lora", "objectdrop_grayed"]
+    assert table["input"]["effect_error_removed"] == 0.0
+    images = [np.rint(item.rgb * 255).astype(np.uint8) for item in items]
+    for k, item in enumerate(items):  # stock inpainting changes nothing outside the object mask
+        outside = ~item.foreground
+        assert np.array_equal(outputs["inpaint"][k][outside], images[k][outside])
+    with pytest.raises(FileNotFoundError, match="toy removal models"):
+        toy_removers(tmp_path / "nowhere")
+
+    from segdrop.demo.job import DemoConfig, run_removal
+    from segdrop.demo.report import removal_markdown
+
+    config = DemoConfig(out=tmp_path / "demo", removal_models=models, removal_scenes=2, removal_steps=2, panels=1)
+    config.out.mkdir()
+    removal = run_removal(config)
+    assert removal["scenes"] == 2 and set(removal["rows"]) == set(table)
+    assert (config.out / "removal_00.png").is_file() and not (config.out / "removal_01.png").exists()
+    assert "| objectdrop_grayed |" in "\n".join(removal_markdown(removal))
