@@ -93,8 +93,12 @@ def run_demo(config: DemoConfig) -> dict:
 
 def run_removal(config: DemoConfig) -> dict:
     """The removal table on held-out toy-world scenes with true counterfactuals; writes removal panels."""
-    from .removal import evaluate_removal, toy_removers
+    from .removal import TOY_MODELS, evaluate_removal, toy_removers
 
+    missing = [name for name in TOY_MODELS if not (config.removal_models / name).is_dir()]
+    if missing:
+        return {"skipped": f"no toy removal models {', '.join(missing)} in {config.removal_models}: train them with "
+                           "the commands in the README (python -m segdrop.training inpaint / removal)"}
     card = config.removal_models / "toy_inpaint" / "segdrop_model.json"
     size = int(json.loads(card.read_text()).get("image_size", 64)) if card.is_file() else 64
     items = toyworld_scenes("removal", config.removal_scenes, config.settings.seed, size)

@@ -63,6 +63,9 @@ def write_removal_panels(out: Path, items: Sequence[LabelledImage], outputs: dic
 
 
 def removal_markdown(removal: dict) -> list[str]:
+    if "skipped" in removal:
+        return ["## Object removal", "", f"Skipped: {removal['skipped']}.", ""]
+
     def cell(value):
         return "n/a" if value is None else f"{value:.2f}"
 

@@ -347,3 +347,17 @@ def test_the_removal_table_rows_run_on_recipe_models(tmp_path, inpaint_model, to
     assert removal["scenes"] == 2 and set(removal["rows"]) == set(table)
     assert (config.out / "removal_00.png").is_file() and not (config.out / "removal_01.png").exists()
     assert "| objectdrop_grayed |" in "\n".join(removal_markdown(removal))
+    skipped = run_removal(DemoConfig(out=config.out, removal_models=tmp_path / "nowhere"))
+    assert "toy_inpaint" in skipped["skipped"] and "Skipped" in "\n".join(removal_markdown(skipped))
+
+
+def test_conv_in_can_learn_faster_than_the_body(t2i):
+    from segdrop.training.conditioned_unet import make_inpaint_unet
+    from segdrop.training.train_conditioned import parameter_groups
+
+    unet = make_inpaint_unet(load_bundle(t2i).unet, 12)
+    params = list(unet.parameters())
+    assert parameter_groups(unet, params, 1e-4, 1.0) == [{"params": params}]
+    body, fast = parameter_groups(unet, params, 1e-4, 10.0)
+    assert {id(p) for p in fast["params"]} == {id(p) for p in unet.conv_in.parameters()} and fast["lr"] == 1e-3
+    assert len(body["params"]) + len(fast["params"]) == len(params) and "lr" not in body

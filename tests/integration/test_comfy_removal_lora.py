@@ -1,0 +1,233 @@
+"""ObjectDrop `removal` LoRA in real ComfyUI, end to end: a diffusers SD inpainting folder is built around the
+diffusers twin of the tiny random 9-channel SD1.5-inpainting checkpoint, ``python -m segdrop.training removal
+--lora_rank 4`` trains a LoRA on it for 2 steps on toy-world triplets, and the exported kohya file loads in the
+core LoraLoader over that checkpoint with every key applied (no "lora key not loaded" log line, one patch per
+LoRA module) and changes the UNet output exactly as the trained LoRA merged into the diffusers twin does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.comfyui
+
+IMAGE_SIZE = 64  # twin sample_size 32 x AutoencoderKL factor 2
+RANK = 4
+LR = "5e-3"  # peft starts lora_B at zero: large enough that 2 Adam steps move it visibly
+
+
+@contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+
+
+def with_sampler(graph: dict, model: list, clip: list, vae: list) -> dict:
+    """Add a 1-step KSampler -> VAEDecode -> PreviewImage (an output node) so the executor runs the loaders."""
+    return {
+        **graph,
+        "s1": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a room"}},
+        "s2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "s3": {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": ["s1", 0], "negative": ["s1", 0], "latent_image": ["s2", 0],
+            "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "s4": {"class_type": "VAEDecode", "inputs": {"samples": ["s3", 0], "vae": vae}},
+        "s5": {"class_type": "PreviewImage", "inputs": {"images": ["s4", 0]}},
+    }
+
+
+def diffusers_inpainting_folder(folder: Path, twin) -> Path:
+    """A diffusers SD1.x inpainting folder whose UNet is ``twin``: a small 4-latent-channel AutoencoderKL
+    (factor 2; only the UNet LoRA matters here), a tiny 768-wide CLIPTextModel with a word tokenizer, the
+    training scheduler and model_index.json."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from segdrop.toyworld import vocabulary
+    from segdrop.training.tokenizer import write_word_tokenizer
+    from segdrop.training.train_scratch import make_scheduler
+
+    folder.mkdir(parents=True)
+    words = sorted({w.lower() for w in vocabulary()} | {"a", "photo", "of", "and"})
+    write_word_tokenizer(words, folder / "tokenizer", max_length=8)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=twin.config.cross_attention_dim, intermediate_size=32,
+        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=4, sample_size=IMAGE_SIZE)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
+    twin.save_pretrained(folder / "unet", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    make_scheduler().save_pretrained(folder / "scheduler")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def twin(comfyui_session):
+    from segdrop.testing.comfy_checkpoint import tiny_diffusers_twin
+
+    with comfyui_session.activated():
+        return tiny_diffusers_twin(comfyui_session, inpainting=True)
+
+
+@pytest.fixture(scope="module")
+def trained_lora(twin, tmp_path_factory) -> dict:
+    """Run the `removal` recipe (LoRA rank 4, 2 steps) on a diffusers folder around the twin; returns the run."""
+    from segdrop.toyworld import write_dataset
+    from segdrop.training import train_removal
+
+    root = tmp_path_factory.mktemp("removal_lora")
+    base = diffusers_inpainting_folder(root / "sd_inpaint", twin)
+    data = write_dataset(root / "data", 4, size=IMAGE_SIZE, seed=0)
+    out = root / "run"
+    started = time.time()
+    argv = ["--base", str(base), "--data_dir", str(data), "--output_dir", str(out), "--lora_rank", str(RANK),
+            "--steps", "2", "--batch_size", "2", "--lr", LR, "--warmup_steps", "0", "--checkpointing_steps", "100",
+            "--num_threads", "1", "--save_dtype", "float16"]
+    assert train_removal.main(argv) == 0
+    seconds = time.time() - started
+    lora = out / "lora"
+    assert (lora / "lora_kohya.safetensors").is_file() and (lora / "pytorch_lora_weights.safetensors").is_file()
+    return {"lora": lora, "seconds": seconds}
+
+
+def merged_twin(twin, diffusers_file: Path):
+    """A copy of ``twin`` with the trained LoRA (diffusers/peft-format file) merged: W += alpha/r * B @ A."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(diffusers_file))
+    unet = copy.deepcopy(twin)
+    scale = 1.0  # lora_alpha defaults to the rank in the removal recipe
+    merged = 0
+    with torch.no_grad():
+        for key, down in state.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key[: -len(".lora_A.weight")]
+            up = state[module + ".lora_B.weight"]
+            name = module[len("unet."):] if module.startswith("unet.") else module
+            weight = unet.get_submodule(name).weight
+            weight.add_((scale * up.float() @ down.float()).reshape(weight.shape))
+            merged += 1
+    return unet.eval(), merged
+
+
+def sample_inputs():
+    import torch
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 9, 16, 16, generator=generator)
+    t = torch.tensor([400.0])
+    ctx = torch.randn(1, 7, 768, generator=generator)
+    return x, t, ctx
+
+
+def comfy_unet_forward(patcher, x, t, ctx):
+    import comfy.model_management
+    import torch
+
+    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    unet = patcher.model.diffusion_model
+    dtype = next(unet.parameters()).dtype
+    with torch.inference_mode():
+        return unet(x.to(dtype), timesteps=t, context=ctx.to(dtype)).float()
+
+
+def twin_forward(unet, x, t, ctx):
+    import torch
+
+    with torch.no_grad():
+        return unet(x, t, ctx).sample.float()
+
+
+def test_removal_lora_trained_by_the_recipe_loads_in_core_loraloader(comfyui, twin, trained_lora, run_prompt):
+    from safetensors import safe_open
+
+    from segdrop.testing.comfy_checkpoint import TINY_INPAINT_CHECKPOINT
+    from segdrop.training.export import DIFFUSERS_FILE, KOHYA_FILE
+
+    started = time.time()
+    kohya = trained_lora["lora"] / KOHYA_FILE
+    with safe_open(str(kohya), framework="pt") as handle:
+        keys = list(handle.keys())
+        metadata = handle.metadata() or {}
+        ups = [handle.get_tensor(k) for k in keys if k.endswith(".lora_up.weight")]
+    modules = sorted(k[: -len(".lora_down.weight")] for k in keys if k.endswith(".lora_down.weight"))
+    assert len(modules) == 7 * 8  # 7 transformer blocks x (attn1, attn2) x (q, k, v, out)
+    assert metadata.get("rank") == str(RANK) and "removal" in json.dumps(metadata)
+    assert all(u.abs().max().item() > 0 for u in ups), "2 training steps left a LoRA up-weight at zero"
+
+    folder = comfyui.cache / "loras"
+    sub = f"segdrop_removal_{uuid.uuid4().hex[:8]}"
+    (folder / sub).mkdir(parents=True)
+    shutil.copy2(kohya, folder / sub / KOHYA_FILE)
+    comfyui.folder_paths.add_model_folder_path("loras", str(folder))
+    lora_name = f"{sub}/{KOHYA_FILE}"
+    assert comfyui.folder_paths.get_full_path("loras", lora_name) is not None
+
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_INPAINT_CHECKPOINT}},
+        "2": {
+            "class_type": "LoraLoader",
+            "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora_name,
+                       "strength_model": 1.0, "strength_clip": 1.0},
+        },
+    }
+    graph = with_sampler(graph, ["2", 0], ["2", 1], ["1", 2])
+    try:
+        with captured_warnings() as warnings:
+            result = run_prompt(graph, fresh_cache=True)
+    finally:
+        shutil.rmtree(folder / sub, ignore_errors=True)
+    not_loaded = [w for w in warnings if "lora key not loaded" in w or "NOT LOADED" in w]
+    assert not_loaded == []
+    base, patched = result["1"][0], result["2"][0]
+    assert len(base.patches) == 0
+    assert len(patched.patches) == len(modules)  # every LoRA module of the file patches one UNet weight
+    assert patched.model.model_config.unet_config["in_channels"] == 9 and patched.model.model_config.inpaint_model()
+
+    want_lora_unet, merged = merged_twin(twin, trained_lora["lora"] / DIFFUSERS_FILE)
+    assert merged == len(modules)
+    x, t, ctx = sample_inputs()
+    want_base = twin_forward(twin, x, t, ctx)
+    want_lora = twin_forward(want_lora_unet, x, t, ctx)
+    got_base = comfy_unet_forward(base, x, t, ctx)
+    got_lora = comfy_unet_forward(patched, x, t, ctx)
+    base_delta = (got_base - want_base).abs().max().item()
+    lora_delta = (got_lora - want_lora).abs().max().item()
+    lora_effect = (got_lora - got_base).abs().max().item()
+    print(f"\nremoval LoRA (rank {RANK}, 2 steps, lr {LR}, trained in {trained_lora['seconds']:.1f} s): "
+          f"keys applied {len(patched.patches)}/{len(modules)}; unpatched vs twin {base_delta:.2e}; "
+          f"LoRA vs twin+merged LoRA {lora_delta:.2e}; LoRA effect {lora_effect:.2e}; ComfyUI part "
+          f"{time.time() - started:.1f} s")
+    assert base_delta <= 1e-3
+    assert lora_delta <= 1e-3
+    assert lora_effect > 10 * max(lora_delta, 1e-5)
