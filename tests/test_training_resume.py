@@ -294,7 +294,7 @@ def test_min_snr_weights_match_the_previous_formula(gamma):
     ac = scheduler.alphas_cumprod
     snr_old = ac[timesteps] / (1 - ac[timesteps])  # the formula train_scratch used before compute_snr
     old = torch.clamp(snr_old, max=gamma) / snr_old
-    new = train_scratch.min_snr_weights(scheduler, timesteps, gamma)
+    new = loop.min_snr_weights(scheduler, timesteps, gamma)
     assert new.dtype == torch.float32 and new.shape == timesteps.shape
     torch.testing.assert_close(new, old, rtol=1e-6, atol=0)  # compute_snr squares sqrt ratios: ~2 ulp apart
     assert torch.all(new[snr_old < gamma * 0.999] == 1)  # low SNR (noisy) steps keep full weight

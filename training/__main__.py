@@ -13,6 +13,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from . import counterfactual_data, train_inpaint, train_removal, train_scratch
+    from .loop import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m segdrop.training", description="SegDrop training recipes")
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    train_scratch.setup_logging()
+    setup_logging()
     if args.recipe == "counterfactual-data":
         return counterfactual_data.run(args)
     if args.recipe == "scratch":

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,3 +415,142 @@ __all__ = [
     "list_checkpoints", "load_latest_checkpoint", "make_accelerator", "prepare_run_dir", "prune_checkpoints",
     "relaunch_hint", "save_checkpoint", "write_text_atomic",
 ]
+
+
+def start_or_resume(accelerator, out: Path, resume: bool, lr_scheduler,
+                    config_text: str) -> tuple[int, float, LossLog, Resumed | None]:
+    """Load the newest loadable checkpoint when resuming (its step and wall time), trim the loss log to that step
+    (rows after it are trained again; all rows when starting over) and write ``config.toml``. Every recipe starts
+    its loop here, so resume behaves the same in all of them."""
+    step, wall_before = 0, 0.0
+    resumed = load_latest_checkpoint(accelerator, out) if resume else None
+    if resumed is not None:
+        step, wall_before = resumed.step, float(resumed.state.get("wall_time_s") or 0.0)
+        check_scheduler_position(lr_scheduler, step, resumed.path)
+    elif resume:
+        logger.info("no checkpoint in %s: starting from step 0", out)
+    log = LossLog(out / LOSS_FILE)
+    if accelerator.is_main_process:
+        if resume:
+            log.truncate(step)
+        write_text_atomic(out / "config.toml", config_text)
+    accelerator.wait_for_everyone()
+    return step, wall_before, log, resumed
+
+
+@dataclass
+class StepRunner:
+    """What every recipe does around its forward pass, one optimisation step at a time: the ε-MSE loss (Min-SNR
+    weighted when ``snr_gamma`` > 0), backward, clipping and the optimizer/LR step, the loss log and progress line,
+    the ``max_train_minutes`` stop agreed by all processes, and checkpoints. ``settings`` is the recipe's config
+    (``steps``, ``batch_size``, ``snr_gamma``, ``max_grad_norm``, ``log_every``, ``checkpointing_steps``,
+    ``checkpoints_total_limit``, ``max_train_minutes``, ``seed``)."""
+
+    accelerator: Any
+    out: Path
+    settings: Any
+    log: LossLog
+    optimizer: Any
+    lr_scheduler: Any
+    noise_scheduler: Any
+    command: str
+    started: float
+    wall_before: float
+    name: str = ""
+    state_extra: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.recent: list[float] = []
+        self.tic = time.time()
+        self.last_loss: float | None = None
+        self.lr: float | None = None
+
+    def loss(self, pred, noise, timesteps):
+        """Mean ε-MSE per sample, Min-SNR-γ weighted (γ / SNR capped at 1) when ``snr_gamma`` > 0."""
+        import torch.nn.functional as F
+
+        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.settings.snr_gamma > 0:
+            per_sample = per_sample * min_snr_weights(self.noise_scheduler, timesteps, self.settings.snr_gamma).to(
+                per_sample.device)
+        return per_sample.mean()
+
+    def update(self, loss, params) -> None:
+        """Backward, clip, optimizer and LR step; remembers the rate this update used."""
+        accelerator = self.accelerator
+        accelerator.backward(loss)
+        if self.settings.max_grad_norm > 0 and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(params, self.settings.max_grad_norm)
+        self.lr = float(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = accelerator.reduce(loss.detach(), "mean").item()
+        self.recent.append(self.last_loss)
+
+    def after(self, step: int) -> bool:
+        """Log, check the time budget, checkpoint; True when the run must stop early at ``step``."""
+        import torch
+
+        accelerator, c = self.accelerator, self.settings
+        world = accelerator.num_processes
+        if accelerator.is_main_process:
+            self.log.append(step, self.last_loss, self.lr)
+            if step % c.log_every == 0 or step == c.steps:
+                k = min(len(self.recent), c.log_every)
+                rate = (time.time() - self.tic) / max(1, len(self.recent))
+                logger.info("%sstep %d/%d loss %.4f (mean of last %d: %.4f) lr %.3g %.2f s/step, ~%.1f min left",
+                            f"{self.name} " if self.name else "", step, c.steps, self.last_loss, k,
+                            sum(self.recent[-k:]) / k, self.lr, rate, rate * (c.steps - step) / 60)
+        wall = self.wall_before + time.time() - self.started
+        over_time = c.max_train_minutes > 0 and wall > c.max_train_minutes * 60
+        if world > 1:  # every process must stop at the same step
+            over_time = accelerator.reduce(torch.tensor(float(over_time), device=accelerator.device), "sum").item() > 0
+        if step % c.checkpointing_steps == 0 or step == c.steps or over_time:
+            state = checkpoint_state(step, num_processes=world, batch_size=c.batch_size, loss=self.last_loss,
+                                     lr=self.lr, wall_time_s=wall, seed=c.seed, command=self.command,
+                                     **(self.state_extra or {}))
+            save_checkpoint(accelerator, self.out, step, state, c.checkpoints_total_limit)
+        if over_time and step < c.steps:
+            logger.info("max_train_minutes=%.1f reached at step %d: stopping", c.max_train_minutes, step)
+            return True
+        return False
+
+    def final_loss(self, step: int, resumed: Resumed | None) -> float | None:
+        """The loss of the exported step: from the log (also when this launch trained no step, e.g. a resume of a
+        finished run), else from the checkpoint state; None (JSON null) when neither knows it."""
+        value = self.log.loss_at(step)
+        if value is None and resumed is not None and resumed.step == step:
+            value = finite_or_none(resumed.state.get("loss"))
+        if value is None and self.last_loss is not None:
+            value = finite_or_none(self.last_loss)
+        return value
+
+
+def min_snr_weights(noise_scheduler, timesteps, gamma: float):
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR, with SNR from
+    diffusers' ``compute_snr`` so the recipes share one definition."""
+    import torch
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+
+def cli_main(build_parser, run, argv: list[str] | None) -> int:
+    """A recipe's ``main(argv)``: parse (``--help`` and usage errors return their exit code instead of raising),
+    then ``run(args, argv)``."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return run(args, argv)

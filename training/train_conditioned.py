@@ -28,22 +28,16 @@ from typing import Any, Callable
 
 import tomllib
 import torch
-import torch.nn.functional as F
 
 from .conditioned_unet import latent_mask, unet_input
 from .loop import (
-    LOSS_FILE,
     ConfigError,
-    LossLog,
-    check_scheduler_position,
-    checkpoint_state,
+    StepRunner,
     dumps_strict,
     finite_or_none,
     launch_command,
-    load_latest_checkpoint,
     make_accelerator,
-    save_checkpoint,
-    write_text_atomic,
+    start_or_resume,
 )
 
 logger = logging.getLogger("segdrop.training.conditioned")
@@ -263,8 +257,6 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
     log via ``loop.py``; then ``recipe.export`` on the main process. Returns steps, wall time and final loss."""
     from diffusers.optimization import get_constant_schedule_with_warmup
 
-    from .train_scratch import min_snr_weights
-
     out = Path(config.output_dir)
     is_main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -277,27 +269,17 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
     lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
-    step, wall_before = 0, 0.0
-    resumed = load_latest_checkpoint(accelerator, out) if config.resume else None
-    if resumed is not None:
-        step, wall_before = resumed.step, float(resumed.state.get("wall_time_s") or 0.0)
-        check_scheduler_position(lr_scheduler, step, resumed.path)
-    elif config.resume:
-        logger.info("no checkpoint in %s: starting from step 0", out)
-    log = LossLog(out / LOSS_FILE)
-    if is_main:
-        if config.resume:
-            log.truncate(step)
-        write_text_atomic(out / "config.toml", config_header(world, config.batch_size, command) + dump_toml(config))
-    accelerator.wait_for_everyone()
+    step, wall_before, log, resumed = start_or_resume(
+        accelerator, out, config.resume, lr_scheduler, config_header(world, config.batch_size, command) + dump_toml(config))
+    runner = StepRunner(accelerator, out, config, log, optimizer, lr_scheduler, scheduler, command, started, wall_before,
+                        name=recipe.name, state_extra={"recipe": recipe.name})
 
     device = accelerator.device
     hidden_table = recipe.hidden.to(device)
     unet.train()
     if is_main:
         log.open()
-    recent: list[float] = []
-    tic, stopped_early, last_loss, lr = time.time(), False, None, None
+    stopped_early = False
     try:
         while step < config.steps:
             g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -315,39 +297,9 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
             inp = unet_input(noisy, latent_mask(batch.mask, codec.factor), cond).to(device)
             with accelerator.autocast():
                 pred = unet(inp, timesteps.to(device), hidden_table[batch.hidden_index.to(device)]).sample
-            per_sample = F.mse_loss(pred.float(), noise.to(device).float(), reduction="none").mean(dim=(1, 2, 3))
-            if config.snr_gamma > 0:
-                per_sample = per_sample * min_snr_weights(scheduler, timesteps, config.snr_gamma).to(device)
-            loss = per_sample.mean()
-            accelerator.backward(loss)
-            if config.max_grad_norm > 0 and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(recipe.params, config.max_grad_norm)
-            lr = float(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            runner.update(runner.loss(pred, noise.to(device), timesteps), recipe.params)
             step += 1
-
-            last_loss = accelerator.reduce(loss.detach(), "mean").item()
-            recent.append(last_loss)
-            if is_main:
-                log.append(step, last_loss, lr)
-                if step % config.log_every == 0 or step == config.steps:
-                    k = min(len(recent), config.log_every)
-                    rate = (time.time() - tic) / max(1, len(recent))
-                    logger.info("%s step %d/%d loss %.4f (mean of last %d: %.4f) lr %.3g %.2f s/step, ~%.1f min left",
-                                recipe.name, step, config.steps, last_loss, k, sum(recent[-k:]) / k, lr, rate,
-                                rate * (config.steps - step) / 60)
-            over_time = config.max_train_minutes > 0 and (wall_before + time.time() - started) > config.max_train_minutes * 60
-            if world > 1:
-                over_time = accelerator.reduce(torch.tensor(float(over_time), device=device), "sum").item() > 0
-            if step % config.checkpointing_steps == 0 or step == config.steps or over_time:
-                state = checkpoint_state(step, num_processes=world, batch_size=config.batch_size, loss=last_loss,
-                                         lr=lr, wall_time_s=wall_before + time.time() - started, seed=config.seed,
-                                         command=command, recipe=recipe.name)
-                save_checkpoint(accelerator, out, step, state, config.checkpoints_total_limit)
-            if over_time and step < config.steps:
-                logger.info("max_train_minutes=%.1f reached at step %d: stopping", config.max_train_minutes, step)
+            if runner.after(step):
                 stopped_early = True
                 break
     finally:
@@ -355,11 +307,7 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
 
     accelerator.wait_for_everyone()
     wall = wall_before + time.time() - started
-    final_loss = log.loss_at(step)
-    if final_loss is None and resumed is not None and resumed.step == step:
-        final_loss = finite_or_none(resumed.state.get("loss"))
-    if final_loss is None and last_loss is not None:
-        final_loss = finite_or_none(last_loss)
+    final_loss = runner.final_loss(step, resumed)
     losses = [r["loss"] for r in log.rows() if isinstance(r.get("loss"), (int, float))]
     tail = losses[-100:]
     run_info = finite_or_none({

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from types import SimpleNamespace
 import torch
 
 from .conditioned_unet import gray_out, make_inpaint_unet
-from .loop import ConfigError, prepare_run_dir
+from .loop import ConfigError, cli_main, prepare_run_dir
 from .train_conditioned import (
     Batch,
     CommonConfig,
@@ -211,15 +210,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train_scratch import setup_logging
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return run(args, argv)
+    return cli_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

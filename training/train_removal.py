@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from .conditioned_unet import gray_out, inpaint_in_channels, is_inpaint_unet
-from .loop import ConfigError, prepare_run_dir
+from .loop import ConfigError, cli_main, prepare_run_dir
 from .train_conditioned import (
     Batch,
     CommonConfig,
@@ -344,15 +343,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train_scratch import setup_logging
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return run(args, argv)
+    return cli_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

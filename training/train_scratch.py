@@ -49,25 +49,20 @@ from typing import Any
 import numpy as np
 import tomllib
 import torch
-import torch.nn.functional as F
 
 from .loop import (
     CHECKPOINT_PREFIX,
-    LOSS_FILE,
     STATE_FILE,
     ConfigError,
-    LossLog,
-    check_scheduler_position,
-    checkpoint_state,
+    StepRunner,
+    cli_main,
     dumps_strict,
     finite_or_none,
     launch_command,
     list_checkpoints,
-    load_latest_checkpoint,
     make_accelerator,
     prepare_run_dir,
-    save_checkpoint,
-    write_text_atomic,
+    start_or_resume,
 )
 
 logger = logging.getLogger("segdrop.training.scratch")
@@ -366,15 +361,6 @@ def make_text_encoder(config: ScratchConfig, tokenizer):
     return CLIPTextModel(te_config)
 
 
-def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR, with SNR from
-    diffusers' ``compute_snr`` so the recipes share one definition."""
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    return torch.clamp(snr, max=gamma) / snr
-
-
 def bundle_megabytes(modules, bytes_per_param: int) -> float:
     return sum(p.numel() for m in modules for p in m.parameters()) * bytes_per_param / 1e6
 
@@ -445,19 +431,9 @@ def train(config: ScratchConfig, command: str) -> dict:
     # make_accelerator: the prepared scheduler steps once per optimisation step, not once per process
     unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
 
-    step, wall_before = 0, 0.0
-    resumed = load_latest_checkpoint(accelerator, out) if config.resume else None
-    if resumed is not None:
-        step, wall_before = resumed.step, float(resumed.state.get("wall_time_s") or 0.0)
-        check_scheduler_position(lr_scheduler, step, resumed.path)
-    elif config.resume:
-        logger.info("no checkpoint in %s: starting from step 0", out)
-    log = LossLog(out / LOSS_FILE)
-    if is_main:
-        if config.resume:
-            log.truncate(step)  # rows after the checkpoint (all rows when starting over) are trained again
-        write_text_atomic(out / "config.toml", config_header(world, config.batch_size, command) + dump_toml(config))
-    accelerator.wait_for_everyone()
+    step, wall_before, log, resumed = start_or_resume(
+        accelerator, out, config.resume, lr_scheduler, config_header(world, config.batch_size, command) + dump_toml(config))
+    runner = StepRunner(accelerator, out, config, log, optimizer, lr_scheduler, scheduler, command, started, wall_before)
 
     device = accelerator.device
     n = len(records)
@@ -465,10 +441,7 @@ def train(config: ScratchConfig, command: str) -> dict:
     text_encoder.train()
     if is_main:
         log.open()
-    recent: list[float] = []
-    tic = time.time()
     stopped_early = False
-    last_loss: float | None = None
     try:
         while step < config.steps:
             g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -483,43 +456,13 @@ def train(config: ScratchConfig, command: str) -> dict:
             latents = codec.encode(images[index].float() / 255.0)
             input_ids = torch.where(drop[:, None], empty_ids[None], ids[index])
             noisy = scheduler.add_noise(latents, noise, timesteps)
-            latents, noise, noisy = latents.to(device), noise.to(device), noisy.to(device)
+            noise, noisy = noise.to(device), noisy.to(device)
             with accelerator.autocast():
                 hidden = text_encoder(input_ids.to(device))[0]
                 pred = unet(noisy, timesteps.to(device), hidden).sample
-            per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-            if config.snr_gamma > 0:
-                per_sample = per_sample * min_snr_weights(scheduler, timesteps, config.snr_gamma).to(device)
-            loss = per_sample.mean()
-            accelerator.backward(loss)
-            if config.max_grad_norm > 0 and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            lr = float(optimizer.param_groups[0]["lr"])  # the rate this step's update uses
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            runner.update(runner.loss(pred, noise, timesteps), params)
             step += 1
-
-            last_loss = accelerator.reduce(loss.detach(), "mean").item()
-            recent.append(last_loss)
-            if is_main:
-                log.append(step, last_loss, lr)
-                if step % config.log_every == 0 or step == config.steps:
-                    rate = (time.time() - tic) / max(1, len(recent))
-                    logger.info("step %d/%d loss %.4f (mean of last %d: %.4f) lr %.3g %.2f s/step, ~%.1f min left",
-                                step, config.steps, last_loss, min(len(recent), config.log_every),
-                                sum(recent[-config.log_every:]) / min(len(recent), config.log_every),
-                                lr, rate, rate * (config.steps - step) / 60)
-            over_time = config.max_train_minutes > 0 and (wall_before + time.time() - started) > config.max_train_minutes * 60
-            if world > 1:  # every process must stop at the same step
-                over_time = accelerator.reduce(torch.tensor(float(over_time), device=device), "sum").item() > 0
-            if step % config.checkpointing_steps == 0 or step == config.steps or over_time:
-                state = checkpoint_state(step, num_processes=world, batch_size=config.batch_size, loss=last_loss,
-                                         lr=lr, wall_time_s=wall_before + time.time() - started, seed=config.seed,
-                                         command=command)
-                save_checkpoint(accelerator, out, step, state, config.checkpoints_total_limit)
-            if over_time and step < config.steps:
-                logger.info("max_train_minutes=%.1f reached at step %d: stopping", config.max_train_minutes, step)
+            if runner.after(step):
                 stopped_early = True
                 break
     finally:
@@ -529,13 +472,7 @@ def train(config: ScratchConfig, command: str) -> dict:
     accelerator.wait_for_everyone()
     wall = wall_before + time.time() - started
     rows = log.rows()
-    # the loss of the exported step: from the log (also when this launch trained no step, e.g. a resume of a
-    # finished run), else from the checkpoint state; None (JSON null) when neither knows it
-    final_loss = log.loss_at(step)
-    if final_loss is None and resumed is not None and resumed.step == step:
-        final_loss = finite_or_none(resumed.state.get("loss"))
-    if final_loss is None and last_loss is not None:
-        final_loss = finite_or_none(last_loss)
+    final_loss = runner.final_loss(step, resumed)
     result = {"steps": step, "wall_time_s": round(wall, 1), "final_loss": final_loss,
               "num_processes": world, "global_batch_size": global_batch, "output": str(out / "model")}
     if is_main:
@@ -578,11 +515,6 @@ def train(config: ScratchConfig, command: str) -> dict:
     return result
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m segdrop.training scratch", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
@@ -600,14 +532,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return run(args, argv)
+    return cli_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@ LoraLoader with zero unloaded keys and reproduces diffusers' output; a full fine
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
+
+from segdrop.testing.comfy_lora_checks import (
+    captured_warnings,
+    comfy_unet_forward,
+    sample_inputs,
+    twin_forward,
+    with_sampler,
+)
 
 pytestmark = pytest.mark.comfyui
 
@@ -22,65 +27,6 @@ def twin(comfyui_session):
 
     with comfyui_session.activated():
         return tiny_diffusers_twin(comfyui_session, inpainting=True)
-
-
-@contextmanager
-def captured_warnings() -> Iterator[list[str]]:
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield records
-    finally:
-        root.removeHandler(handler)
-
-
-def with_sampler(graph: dict, model: list, clip: list, vae: list) -> dict:
-    """Add a 1-step KSampler -> VAEDecode -> PreviewImage (an output node) so the executor runs the loaders."""
-    return {
-        **graph,
-        "s1": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a room"}},
-        "s2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "s3": {"class_type": "KSampler", "inputs": {
-            "model": model, "positive": ["s1", 0], "negative": ["s1", 0], "latent_image": ["s2", 0],
-            "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "s4": {"class_type": "VAEDecode", "inputs": {"samples": ["s3", 0], "vae": vae}},
-        "s5": {"class_type": "PreviewImage", "inputs": {"images": ["s4", 0]}},
-    }
-
-
-def sample_inputs(channels: int):
-    import torch
-
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(1, channels, 16, 16, generator=generator)
-    t = torch.tensor([400.0])
-    ctx = torch.randn(1, 7, 768, generator=generator)
-    return x, t, ctx
-
-
-def comfy_unet_forward(patcher, x, t, ctx):
-    import comfy.model_management
-    import torch
-
-    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
-    unet = patcher.model.diffusion_model
-    dtype = next(unet.parameters()).dtype
-    with torch.inference_mode():
-        return unet(x.to(dtype), timesteps=t, context=ctx.to(dtype)).float()
-
-
-def twin_forward(unet, x, t, ctx):
-    import torch
-
-    with torch.no_grad():
-        return unet(x, t, ctx).sample.float()
 
 
 def test_lora_loads_in_core_loraloader_with_zero_unloaded_keys(comfyui, twin, run_prompt):

@@ -7,52 +7,26 @@ LoRA module) and changes the UNet output exactly as the trained LoRA merged into
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from segdrop.testing.comfy_lora_checks import (
+    captured_warnings,
+    comfy_unet_forward,
+    sample_inputs,
+    twin_forward,
+    with_sampler,
+)
 
 pytestmark = pytest.mark.comfyui
 
 IMAGE_SIZE = 64  # twin sample_size 32 x AutoencoderKL factor 2
 RANK = 4
 LR = "5e-3"  # peft starts lora_B at zero: large enough that 2 Adam steps move it visibly
-
-
-@contextmanager
-def captured_warnings() -> Iterator[list[str]]:
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield records
-    finally:
-        root.removeHandler(handler)
-
-
-def with_sampler(graph: dict, model: list, clip: list, vae: list) -> dict:
-    """Add a 1-step KSampler -> VAEDecode -> PreviewImage (an output node) so the executor runs the loaders."""
-    return {
-        **graph,
-        "s1": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a room"}},
-        "s2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "s3": {"class_type": "KSampler", "inputs": {
-            "model": model, "positive": ["s1", 0], "negative": ["s1", 0], "latent_image": ["s2", 0],
-            "seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "s4": {"class_type": "VAEDecode", "inputs": {"samples": ["s3", 0], "vae": vae}},
-        "s5": {"class_type": "PreviewImage", "inputs": {"images": ["s4", 0]}},
-    }
 
 
 def diffusers_inpainting_folder(folder: Path, twin) -> Path:
@@ -140,34 +114,6 @@ def merged_twin(twin, diffusers_file: Path):
     return unet.eval(), merged
 
 
-def sample_inputs():
-    import torch
-
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 9, 16, 16, generator=generator)
-    t = torch.tensor([400.0])
-    ctx = torch.randn(1, 7, 768, generator=generator)
-    return x, t, ctx
-
-
-def comfy_unet_forward(patcher, x, t, ctx):
-    import comfy.model_management
-    import torch
-
-    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
-    unet = patcher.model.diffusion_model
-    dtype = next(unet.parameters()).dtype
-    with torch.inference_mode():
-        return unet(x.to(dtype), timesteps=t, context=ctx.to(dtype)).float()
-
-
-def twin_forward(unet, x, t, ctx):
-    import torch
-
-    with torch.no_grad():
-        return unet(x, t, ctx).sample.float()
-
-
 def test_removal_lora_trained_by_the_recipe_loads_in_core_loraloader(comfyui, twin, trained_lora, run_prompt):
     from safetensors import safe_open
 
@@ -216,7 +162,7 @@ def test_removal_lora_trained_by_the_recipe_loads_in_core_loraloader(comfyui, tw
 
     want_lora_unet, merged = merged_twin(twin, trained_lora["lora"] / DIFFUSERS_FILE)
     assert merged == len(modules)
-    x, t, ctx = sample_inputs()
+    x, t, ctx = sample_inputs(9)
     want_base = twin_forward(twin, x, t, ctx)
     want_lora = twin_forward(want_lora_unet, x, t, ctx)
     got_base = comfy_unet_forward(base, x, t, ctx)
