@@ -69,3 +69,16 @@ def twin_forward(unet, x, t, ctx):
 
     with torch.no_grad():
         return unet(x, t, ctx).sample.float()
+
+
+def lora_loader_graph(checkpoint: str, lora_name: str) -> dict:
+    """CheckpointLoaderSimple -> LoraLoader (strength 1) with a sampler tail, so the executor loads the LoRA."""
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {
+            "class_type": "LoraLoader",
+            "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora_name,
+                       "strength_model": 1.0, "strength_clip": 1.0},
+        },
+    }
+    return with_sampler(graph, ["2", 0], ["2", 1], ["1", 2])

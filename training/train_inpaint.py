@@ -37,15 +37,14 @@ import torch
 
 from .conditioned_unet import gray_out, make_inpaint_unet
 from .loop import ConfigError, cli_main, prepare_run_dir
+from .settings import recipe_parser, resolve_config
 from .train_conditioned import (
     Batch,
     CommonConfig,
     Recipe,
-    add_arguments,
     base_info,
     export_single_file,
     load_base,
-    resolve_config,
     run_cli,
     save_derived_bundle,
     setup_threads_and_accelerator,
@@ -200,9 +199,7 @@ def resolve(args: argparse.Namespace) -> InpaintConfig:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m segdrop.training inpaint", description=__doc__.split("\n\n")[0])
-    add_arguments(InpaintConfig, parser, HELPS)
-    return parser
+    return recipe_parser("inpaint", InpaintConfig, __doc__, HELPS, parser)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:

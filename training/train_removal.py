@@ -53,15 +53,14 @@ import torch.nn.functional as F
 
 from .conditioned_unet import gray_out, inpaint_in_channels, is_inpaint_unet
 from .loop import ConfigError, cli_main, prepare_run_dir
+from .settings import recipe_parser, resolve_config
 from .train_conditioned import (
     Batch,
     CommonConfig,
     Recipe,
-    add_arguments,
     base_info,
     export_single_file,
     load_base,
-    resolve_config,
     run_cli,
     save_derived_bundle,
     sd_layout_problem,
@@ -333,9 +332,7 @@ def resolve(args: argparse.Namespace) -> RemovalConfig:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m segdrop.training removal", description=__doc__.split("\n\n")[0])
-    add_arguments(RemovalConfig, parser, HELPS)
-    return parser
+    return recipe_parser("removal", RemovalConfig, __doc__, HELPS, parser)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:

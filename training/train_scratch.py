@@ -44,12 +44,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 
+from . import settings
 from .loop import (
     CHECKPOINT_PREFIX,
     STATE_FILE,
@@ -64,6 +63,7 @@ from .loop import (
     prepare_run_dir,
     start_or_resume,
 )
+from .settings import config_header, dump_toml
 
 logger = logging.getLogger("segdrop.training.scratch")
 
@@ -112,89 +112,12 @@ class ScratchConfig:
     save_dtype: str = "auto"  # auto (float32 if the bundle stays <= 20 MB, else float16) | float32 | float16
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(ScratchConfig)}
-_LIST_FIELDS = {"unet_widths", "unet_heads", "unet_attention"}
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    default = getattr(ScratchConfig(), name)
-    try:
-        if name in _LIST_FIELDS:
-            if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split()]
-            return [int(v) for v in value]
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if value is None or isinstance(value, str):
-            return value
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: bad value {value!r} for {name!r} (expected like {default!r})") from None
-
-
-def load_toml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    if isinstance(data.get("scratch"), dict):  # allow a [scratch] table as well as flat keys
-        data = {**{k: v for k, v in data.items() if k != "scratch"}, **data["scratch"]}
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(map(repr, unknown))} in {path}; known keys: {', '.join(sorted(FIELDS))}"
-        )
-    return {k: _coerce(k, v, str(path)) for k, v in data.items()}
-
-
-def dump_toml(config: ScratchConfig) -> str:
-    def fmt(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return json.dumps(v)
-
-    return "".join(f"{k} = {fmt(v)}\n" for k, v in dataclasses.asdict(config).items() if v is not None)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file with flat keys named like the flags; flags given here win")
-    for name, f in FIELDS.items():
-        default = getattr(ScratchConfig(), name)
-        flag = "--" + name
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
-        elif name in _LIST_FIELDS:
-            parser.add_argument(flag, dest=name, type=int, nargs="+", default=argparse.SUPPRESS, help=f"default {default}")
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=f"default {default!r}")
+    settings.add_arguments(ScratchConfig, parser)
 
 
 def resolve_config(args: argparse.Namespace) -> ScratchConfig:
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_toml(args.config))
-    values.update({k: _coerce(k, v, "command line") for k, v in vars(args).items() if k in FIELDS})
-    config = ScratchConfig(**values)
+    config = settings.resolve_config(ScratchConfig, args, "scratch")
     validate(config)
     return config
 
@@ -366,13 +289,6 @@ def bundle_megabytes(modules, bytes_per_param: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- training
-
-
-def config_header(num_processes: int, batch_size: int, command: str) -> str:
-    """TOML comments recording the launch: ``config.toml`` keeps only settings, which parse back unchanged."""
-    return (f"# written by: {' '.join(command.splitlines())}\n"
-            f"# num_processes = {num_processes}; batch_size is per process: global batch = "
-            f"{batch_size} x {num_processes} = {batch_size * num_processes}\n")
 
 
 def train(config: ScratchConfig, command: str) -> dict:

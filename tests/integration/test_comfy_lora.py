@@ -11,6 +11,7 @@ import pytest
 from segdrop.testing.comfy_lora_checks import (
     captured_warnings,
     comfy_unet_forward,
+    lora_loader_graph,
     sample_inputs,
     twin_forward,
     with_sampler,
@@ -56,15 +57,7 @@ def test_lora_loads_in_core_loraloader_with_zero_unloaded_keys(comfyui, twin, ru
     lora_name = f"{sub}/{KOHYA_FILE}"
     assert comfyui.folder_paths.get_full_path("loras", lora_name) is not None
 
-    graph = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_INPAINT_CHECKPOINT}},
-        "2": {
-            "class_type": "LoraLoader",
-            "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora_name,
-                       "strength_model": 1.0, "strength_clip": 1.0},
-        },
-    }
-    graph = with_sampler(graph, ["2", 0], ["2", 1], ["1", 2])
+    graph = lora_loader_graph(TINY_INPAINT_CHECKPOINT, lora_name)
     with captured_warnings() as warnings:
         result = run_prompt(graph, fresh_cache=True)
     not_loaded = [w for w in warnings if "lora key not loaded" in w or "NOT LOADED" in w]
