@@ -19,6 +19,7 @@ from ..removal import (
     stitch,
     working_size,
 )
+from ..removal.conditioning import latent_cell_mask
 from ..removal.crop import resize_image, resize_mask
 from ..removal.effect_mask import DEFAULT_THRESHOLD
 from .types import CATEGORY
@@ -91,13 +92,15 @@ def crop_to_multiple_of_8(pixels: torch.Tensor, mask: torch.Tensor) -> tuple[tor
 
 
 def objectdrop_conditioning(positive, negative, vae, pixels: torch.Tensor, mask: torch.Tensor):
-    """(positive, negative, latent) with the un-grayed image latent and the mask as concat inputs, no noise_mask,
-    and an all-zero latent (pure noise at denoise 1.0, as ObjectDrop samples)."""
+    """(positive, negative, latent) with the un-grayed image latent and the mask (whole latent cells, as the removal
+    recipe trains) as concat inputs, no noise_mask, and an all-zero latent (pure noise at denoise 1.0, as ObjectDrop
+    samples)."""
     if mask.dim() == 2:
         mask = mask[None]
     mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(),
                                            size=tuple(pixels.shape[1:3]), mode="bilinear")
     pixels, mask = crop_to_multiple_of_8(pixels, mask)
+    mask = latent_cell_mask(mask, LATENT_SCALE)
     image_latent = vae.encode(pixels[..., :3])
     values = objectdrop_conditioning_values(image_latent, mask)
     latent = {"samples": torch.zeros_like(image_latent)}

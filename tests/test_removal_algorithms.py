@@ -136,3 +136,19 @@ def test_conditioning_set_values_copies():
     cond = [[torch.zeros(1), {"pooled_output": 1}]]
     out = conditioning_set_values(cond, {"concat_mask": 2})
     assert out[0][1] == {"pooled_output": 1, "concat_mask": 2} and cond[0][1] == {"pooled_output": 1}
+
+
+def test_the_concat_mask_marks_whole_latent_cells_that_comfyui_keeps():
+    """A 2-px line: ComfyUI's bilinear shrink + round of the raw mask loses it; of the cell mask it keeps every cell
+    the line touches, the max-pool rule the removal recipe trains with."""
+    import torch.nn.functional as F
+
+    from segdrop.removal.conditioning import latent_cell_mask
+
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 20:22, 3:61] = 1
+    comfy_shrink = lambda m: F.interpolate(m, size=(8, 8), mode="bilinear").round()  # noqa: E731  (concat_cond)
+    assert comfy_shrink(mask).sum() == 0
+    cells = latent_cell_mask(mask)
+    assert torch.equal(comfy_shrink(cells), F.max_pool2d(mask, 8))
+    assert cells.shape == mask.shape and bool((cells >= mask).all())
