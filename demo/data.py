@@ -25,7 +25,7 @@ RGB = tuple[float, float, float]
 
 
 def as_float_image(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 or float in [0, 1] -> float32 in [0, 1] (float input is kept bit for bit)."""
+    """``(H, W, 3)`` uint8 or float in [0, 1] -> float32 in [0, 1] (float32 input is returned as it is)."""
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"An image must be (H, W, 3) RGB; got shape {array.shape}.")
@@ -33,6 +33,9 @@ def as_float_image(image: np.ndarray) -> np.ndarray:
         return array.astype(np.float32) / 255.0
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"An image must be uint8 or float in [0, 1]; got dtype {array.dtype}.")
+    if array.size and (array.max() > 1.0 + 1e-6 or array.min() < -1e-6):
+        raise ValueError(f"A float image must be in [0, 1]; got values in [{array.min():g}, {array.max():g}]: divide "
+                         "0-255 values by 255 or pass uint8.")
     return array.astype(np.float32, copy=False)
 
 

@@ -76,10 +76,12 @@ def run_demo(config: DemoConfig) -> dict:
     test = toyworld_scenes("test", config.scenes, seed, size)
     validation = toyworld_scenes("val", config.validation_scenes, seed, size)
     header = {"model": str(config.checkpoint), "data": "toy world, held-out test split"}
+    started = time.perf_counter()
     results = run_evaluation(bundle, test, validation, config.settings, config.out, config.panels,
                              config.localization, header)
     if config.removal:
         results["removal"] = run_removal(config)
+        results["seconds"] = round(time.perf_counter() - started, 1)
         (config.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
         (config.out / "results.md").write_text(results_markdown(results))
     if config.samples is not None:
@@ -98,7 +100,9 @@ def run_removal(config: DemoConfig) -> dict:
     missing = [name for name in TOY_MODELS if not (config.removal_models / name).is_dir()]
     if missing:
         return {"skipped": f"no toy removal models {', '.join(missing)} in {config.removal_models}: train them with "
-                           "the commands in the README (python -m segdrop.training inpaint / removal)"}
+                           "the commands in the README (python -m segdrop.training inpaint / removal), copy "
+                           "out/<name>/model to <models>/<name> (the LoRA: out/toy_removal_lora/lora) or pass "
+                           "--removal-models"}
     card = config.removal_models / "toy_inpaint" / "segdrop_model.json"
     size = int(json.loads(card.read_text()).get("image_size", 64)) if card.is_file() else 64
     items = toyworld_scenes("removal", config.removal_scenes, config.settings.seed, size)
@@ -119,6 +123,12 @@ def evaluate_folder(folder: Path, checkpoint: Path, out: Path, split: str | None
     torch.manual_seed(settings.seed)
     test = read_folder(folder, split)
     validation = read_folder(folder, validation_split) if validation_split is not None else []
+    if split is None and validation:  # never score the images the settings were tuned on
+        tuned_on = {item.id for item in validation}
+        test = [item for item in test if item.id not in tuned_on]
+        if not test:
+            raise ValueError(f"Every record of {folder} is in the validation split {validation_split!r}: give --split "
+                             "for the images to score.")
     bundle = load_bundle(checkpoint)
     header = {"model": str(checkpoint), "data": f"{folder}" + (f", split {split}" if split else "")}
     return run_evaluation(bundle, test, validation, settings, out, panels, localization, header)
@@ -152,6 +162,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--removal-scenes", type=int, default=DemoConfig.removal_scenes,
                         help="held-out scenes with true counterfactuals for the removal table")
     parser.add_argument("--removal-steps", type=int, default=DemoConfig.removal_steps, help="DDIM steps (paper: 50)")
+    parser.add_argument("--removal-models", type=Path, default=DemoConfig.removal_models,
+                        help="folder holding toy_inpaint/, toy_removal/, toy_removal_grayed/ (model bundles) and "
+                             "toy_removal_lora/ (the LoRA adapter); default: the pack's models/")
     _settings_arguments(parser)
 
 
@@ -167,7 +180,8 @@ def demo_main(args: argparse.Namespace) -> int:
     config = DemoConfig(out=args.out, checkpoint=args.checkpoint, scenes=args.scenes,
                         validation_scenes=args.validation_scenes, panels=args.panels,
                         localization=args.localization, samples=args.samples, settings=_settings(args),
-                        removal=args.removal, removal_scenes=args.removal_scenes, removal_steps=args.removal_steps)
+                        removal=args.removal, removal_scenes=args.removal_scenes, removal_steps=args.removal_steps,
+                        removal_models=args.removal_models)
     results = run_demo(config)
     print(results_markdown(results))
     print(f"Wrote {config.out / 'results.md'}, results.json and picture panels.")

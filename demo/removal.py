@@ -150,8 +150,10 @@ def toy_removers(models: Path, steps: int = 50, seed: int = 0) -> dict[str, Remo
 
     missing = [name for name in TOY_MODELS if not (models / name).is_dir()]
     if missing:
-        raise FileNotFoundError(f"No toy removal models {missing} in {models}: train them with the commands in the "
-                                "README (python -m segdrop.training inpaint / removal).")
+        raise FileNotFoundError(
+            f"No toy removal models {missing} in {models}: train them with the commands in the README (python -m "
+            "segdrop.training inpaint / removal), then copy out/<name>/model to <models>/<name> (for the LoRA, "
+            "out/toy_removal_lora/lora to <models>/toy_removal_lora) or pass --removal-models.")
     inpaint = load_bundle(models / "toy_inpaint")
     lora = load_lora_fallback(load_bundle(models / "toy_inpaint"), models / "toy_removal_lora")
     common = {"steps": steps, "seed": seed}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import preview
-from .data import LabelledImage
+from .data import LabelledImage, as_float_image
 from .protocol import PANEL_CHOICE
 
 
@@ -52,7 +52,7 @@ def write_removal_panels(out: Path, items: Sequence[LabelledImage], outputs: dic
         h, w = item.size
         mask = np.repeat(item.foreground[..., None], 3, axis=-1).astype(np.float32)
         tiles = [item.rgb, mask, outputs["inpaint"][index] / 255.0, outputs["objectdrop"][index] / 255.0,
-                 np.asarray(item.counterfactual, np.float32)]
+                 as_float_image(item.counterfactual)]
         gap = np.ones((h, 2, 3), np.float32)
         row = np.concatenate([t for tile in tiles for t in (np.asarray(tile, np.float32), gap)][:-1], axis=1)
         scale = max(1, 256 // h)

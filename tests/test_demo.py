@@ -194,3 +194,27 @@ def test_demo_runs_on_a_diffusers_sd_folder(tmp_path):
     results = demo.run_demo(config)
     assert results["image_size"] == [128, 128]
     assert (tmp_path / "out" / "scene_00.png").exists()
+
+
+def test_a_vocabulary_built_from_captions_accepts_them():
+    """The vocabulary builder and the vocabulary check split words the same way (punctuation included)."""
+    from segdrop.training.train_scratch import build_vocabulary
+
+    captions = ["a red circle, and a blue square"]
+    bundle = ModelBundle(None, None, None, None, None, 64, {"vocabulary": build_vocabulary(captions, "a photo of a {}")})
+    bundle.check_vocabulary(captions)
+    with pytest.raises(ValueError, match="'cyan'"):
+        bundle.check_vocabulary(["a cyan circle"])
+
+
+def test_float_images_outside_zero_one_are_refused():
+    with pytest.raises(ValueError, match="divide 0-255 values by 255"):
+        demo.as_float_image(np.full((4, 4, 3), 200.0))
+
+
+def test_evaluate_without_split_never_scores_the_validation_images(random_bundle, tmp_path):
+    toyworld.write_dataset(tmp_path / "data", 2, size=32, seed=1, split="test")
+    toyworld.write_dataset(tmp_path / "data", 1, size=32, seed=1, split="val")
+    results = demo.evaluate_folder(tmp_path / "data", random_bundle, tmp_path / "out", validation_split="val",
+                                   settings=FAST, panels=0)
+    assert results["images"] == 2 and results["settings"]["validation_images"] == 1

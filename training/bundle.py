@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from .codec import AutoencoderKLCodec, PixelUnshuffleCodec, codec_from_config
+from .tokenizer import prompt_words
 
 BUNDLE_FILE = "segdrop_model.json"
 DIFFUSERS_INDEX = "model_index.json"
@@ -68,7 +68,7 @@ class ModelBundle:
             return
         known_set = set(known)
         for prompt in prompts:
-            unknown = [w for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", prompt.lower()) if w not in known_set]
+            unknown = [w for w in prompt_words(prompt) if w not in known_set]
             if unknown:
                 raise ValueError(
                     f"The prompt {prompt!r} has {', '.join(map(repr, unknown))}, which this model's vocabulary "

@@ -8,12 +8,20 @@ Unknown words fall back to single characters, which are in the vocabulary too.
 from __future__ import annotations
 
 import json
+import re
 import string
 from pathlib import Path
 
 from transformers import CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+_WORD = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
+
+
+def prompt_words(text: str) -> list[str]:
+    """The pieces CLIP's pre-tokenizer splits lowercase text into (letter runs, single digits, punctuation runs):
+    what a word-level vocabulary must hold, and what the vocabulary check looks up."""
+    return _WORD.findall(text.lower())
 
 
 def _merges_for(word: str) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ a row of the recipe's table of encoded prompts) and only the UNet trains.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import sys
@@ -149,7 +150,7 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
     world, rank = accelerator.num_processes, accelerator.process_index
     command = launch_command(command, world)  # the accelerate launch line when several processes run
     global_batch = config.batch_size * world
-    scheduler, codec = bundle.scheduler, bundle.codec
+    scheduler, codec = bundle.scheduler, bundle.codec.to(accelerator.device)  # SD VAEs encode on the GPU too
     unet = recipe.unet
     optimizer = torch.optim.AdamW(parameter_groups(unet, recipe.params, config.lr, config.conv_in_lr_scale),
                                   lr=config.lr, weight_decay=config.weight_decay)
@@ -178,8 +179,8 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
             batch, noise, timesteps = batch.slice(part), noise[part], timesteps[part]
 
             with torch.no_grad():
-                target = codec.encode(batch.target).float().cpu()
-                cond = codec.encode(batch.cond).float().cpu()
+                target = codec.encode(batch.target.to(device)).float().cpu()
+                cond = codec.encode(batch.cond.to(device)).float().cpu()
             noisy = scheduler.add_noise(target, noise, timesteps)
             inp = unet_input(noisy, latent_mask(batch.mask, codec.factor), cond).to(device)
             with accelerator.autocast():
@@ -226,21 +227,18 @@ def save_derived_bundle(bundle, unet, info: dict, folder: Path, save_dtype: str)
     if save_dtype == "auto":
         mb = sum(p.numel() for m in (unet, te) for p in m.parameters()) * 4 / 1e6
         save_dtype = "float32" if mb <= 20 else "float16"
-    if save_dtype == "float16":
-        unet, te = unet.to(torch.float16), te.to(torch.float16)
+    if save_dtype == "float16":  # copies: the caller's float32 UNet stays usable (e.g. for the single-file export)
+        unet, te = copy.deepcopy(unet).to(torch.float16), copy.deepcopy(te).to(torch.float16)
     info = {**info, "weights_dtype": save_dtype}
-    dumps_strict(info, default=str)
+    dumps_strict(info, default=str)  # refuse NaN/inf in the model card before anything is written
     derived = ModelBundle(unet, te, bundle.tokenizer, bundle.scheduler, bundle.codec, bundle.image_size, info)
     return save_bundle(derived, folder)
 
 
 def sd_layout_problem(unet) -> str | None:
-    """Why ``training/export.py`` cannot write ``unet`` in SD (LDM/kohya) form, or ``None`` when it can (or the
-    exporter is missing, which the caller finds on import)."""
-    try:
-        from .export import check_sd_layout
-    except ImportError:
-        return "training/export.py is not installed"
+    """Why ``training/export.py`` cannot write ``unet`` in SD (LDM/kohya) form, or ``None`` when it can."""
+    from .export import check_sd_layout
+
     try:
         check_sd_layout(dict(unet.config))
     except ValueError as error:

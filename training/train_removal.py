@@ -49,7 +49,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .conditioned_unet import gray_out, inpaint_in_channels, is_inpaint_unet
 from .loop import ConfigError, cli_main, prepare_run_dir
@@ -157,19 +156,18 @@ def load_triplet_tensors(folder: Path, size: int) -> tuple[list[str], torch.Tens
 def augment_masks(g: torch.Generator, masks: torch.Tensor, max_px: int) -> torch.Tensor:
     """Dilate (r > 0) or erode (r < 0) each mask (B, 1, H, W) by |r| px, r uniform in [-max_px, max_px] from ``g``
     (square structuring element); an erosion that empties a mask keeps the original."""
+    from ..removal.crop import dilate
+
     radii = torch.randint(-max_px, max_px + 1, (masks.shape[0],), generator=g)
     out = masks.clone()
     for i, r in enumerate(radii.tolist()):
-        if r == 0:
-            continue
-        k = 2 * abs(r) + 1
-        m = masks[i:i + 1].float()
+        m = masks[i, 0].bool()
         if r > 0:
-            out[i] = F.max_pool2d(m, k, stride=1, padding=abs(r))[0] > 0.5
-        else:
-            eroded = 1 - F.max_pool2d(1 - m, k, stride=1, padding=abs(r))
-            if eroded.sum() > 0:
-                out[i] = eroded[0] > 0.5
+            out[i, 0] = dilate(m, r)
+        elif r < 0:
+            eroded = ~dilate(~m, -r)
+            if eroded.any():
+                out[i, 0] = eroded
     return out
 
 

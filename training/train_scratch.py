@@ -196,7 +196,10 @@ def load_images(root: Path, records: list[dict], size: int) -> torch.Tensor:
 
 
 def caption_words(captions: list[str]) -> list[str]:
-    return sorted({w for c in captions for w in c.lower().split()})
+    """Every word piece of the captions, split as the tokenizer and the vocabulary check split them."""
+    from .tokenizer import prompt_words
+
+    return sorted({w for c in captions for w in prompt_words(c)})
 
 
 def build_vocabulary(captions: list[str], object_prompt: str) -> list[str]:
