@@ -20,12 +20,14 @@ from ..removal import (
     working_size,
 )
 from ..removal.conditioning import latent_cell_mask
-from ..removal.crop import resize_image, resize_mask
-from ..removal.effect_mask import DEFAULT_THRESHOLD
+from ..removal.crop import edge_taper, resize_image, resize_mask
+from ..removal.effect_mask import DEFAULT_FEATHER, DEFAULT_GROW, DEFAULT_THRESHOLD
 from .types import CATEGORY
 
 log = logging.getLogger("segdrop")
 LATENT_SCALE = 8
+EDGE_TAPER = DEFAULT_GROW + DEFAULT_FEATHER
+"""The composite fades to 0 over this many px towards crop sides inside the image."""
 FALLBACK_SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "ddim"]  # only when ComfyUI is not importable
 FALLBACK_SCHEDULERS = ["normal", "karras", "simple", "ddim_uniform"]
 
@@ -267,6 +269,8 @@ class ObjectDropRemove(io.ComfyNode):
                 decoded = decoded.reshape(-1, *decoded.shape[-3:])
             back = resize_image(decoded, (box.height, box.width)).clamp(0, 1)
             composite = effect_mask(region, back, region_mask, threshold=effect_threshold)
+            taper = edge_taper(box, tuple(photo.shape[1:3]), EDGE_TAPER).to(composite)
+            composite = torch.maximum(composite * taper, (region_mask > 0.5).to(composite))  # no seam at the crop edge
             patch = torch.cat([back.to(photo.dtype), crop(photo, box)[..., 3:]], -1)  # keeps an alpha channel
             stitched = stitch(photo, patch, box, composite)
             full_effect = torch.zeros(1, *photo.shape[1:3])

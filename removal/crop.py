@@ -138,3 +138,24 @@ def stitch(original: torch.Tensor, result_crop: torch.Tensor, box: CropBox, mask
     weight = torch.ones(region.shape[:-1], dtype=original.dtype) if mask is None else mask
     out[..., rows, cols, :] = paste(region, result_crop, weight)
     return out
+
+
+def edge_taper(box: CropBox, image_hw: tuple[int, int], width: int) -> torch.Tensor:
+    """``(box.height, box.width)`` weights that are 0 on every side of ``box`` lying inside the image and reach 1
+    ``width`` px inward (sides on the image border stay 1), so a composite that reaches the crop's edge fades out
+    instead of leaving a rectangular seam."""
+    if width <= 0:
+        return torch.ones(box.height, box.width)
+
+    def along(length: int, cut_start: bool, cut_end: bool) -> torch.Tensor:
+        index = torch.arange(length, dtype=torch.float32)
+        weight = torch.ones(length)
+        if cut_start:
+            weight = torch.minimum(weight, index / width)
+        if cut_end:
+            weight = torch.minimum(weight, (length - 1 - index) / width)
+        return weight.clamp(0, 1)
+
+    rows = along(box.height, box.top > 0, box.bottom < image_hw[0])
+    cols = along(box.width, box.left > 0, box.right < image_hw[1])
+    return rows[:, None] * cols[None, :]

@@ -152,3 +152,16 @@ def test_the_concat_mask_marks_whole_latent_cells_that_comfyui_keeps():
     cells = latent_cell_mask(mask)
     assert torch.equal(comfy_shrink(cells), F.max_pool2d(mask, 8))
     assert cells.shape == mask.shape and bool((cells >= mask).all())
+
+
+def test_edge_taper_fades_out_only_at_crop_sides_inside_the_image():
+    from segdrop.removal.crop import CropBox, edge_taper, stitch
+
+    box = CropBox(top=4, left=0, bottom=20, right=16)  # left side on the image border, the others inside
+    taper = edge_taper(box, (32, 16), width=4)
+    assert taper.shape == (16, 16) and float(taper[8, 8]) == 1.0
+    assert bool((taper[0] == 0).all()) and bool((taper[-1] == 0).all())  # top and bottom: inside the image
+    assert float(taper[8, 0]) == 1.0 and float(taper[8, -1]) == 1.0  # left: the image border; right: the border too
+    original = torch.rand(1, 32, 16, 3)
+    out = stitch(original, torch.zeros(1, 16, 16, 3), box, taper[None])
+    assert torch.equal(out[0, 4], original[0, 4]) and torch.equal(out[0, 19], original[0, 19])  # no seam rows
