@@ -17,10 +17,10 @@ round-trip blur never reaches the untouched part of the photo. The object mask i
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..segment.gmm import remove_small_components
 from .crop import dilate
 
 DEFAULT_THRESHOLD = 0.08
@@ -33,31 +33,13 @@ DEFAULT_FEATHER = 4
 """Box-blur radius (pixels) of the soft edge."""
 
 
-def remove_small_components(mask: torch.Tensor, min_area: int) -> torch.Tensor:
-    """Drop 8-connected pieces of a boolean ``(H, W)`` or ``(B, H, W)`` mask smaller than ``min_area`` pixels."""
-    if min_area <= 1 or not bool(mask.any()):
-        return mask
-    from scipy import ndimage
-
-    batched = mask if mask.dim() == 3 else mask[None]
-    kept = []
-    for one in batched.cpu().numpy().astype(bool):
-        labels, count = ndimage.label(one, structure=np.ones((3, 3), bool))
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        keep = sizes >= min_area
-        keep[0] = False
-        kept.append(torch.from_numpy(keep[labels]))
-    out = torch.stack(kept).to(mask.device)
-    return out if mask.dim() == 3 else out[0]
-
-
 def changed_region(before: torch.Tensor, after: torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
                    min_area: int = DEFAULT_MIN_AREA) -> torch.Tensor:
     """Boolean ``(..., H, W)``: mean |after - before| over the RGB channels > ``threshold``, small pieces removed."""
     if before.shape != after.shape:
         raise ValueError(f"before {tuple(before.shape)} and after {tuple(after.shape)} differ in shape")
     difference = (after[..., :3].float() - before[..., :3].float()).abs().mean(-1)
-    return remove_small_components(difference > threshold, min_area)
+    return remove_small_components(difference > threshold, min_area, connectivity=8)
 
 
 def box_blur(mask: torch.Tensor, radius: int) -> torch.Tensor:

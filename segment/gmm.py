@@ -54,22 +54,26 @@ def orphan_filter(mask: torch.Tensor) -> torch.Tensor:
     return out[0] if squeeze else out
 
 
-def remove_small_components(mask: torch.Tensor, min_area: int) -> torch.Tensor:
-    """Drop 4-connected foreground components with fewer than ``min_area`` pixels. (B, h, w) or (h, w)."""
+def remove_small_components(mask: torch.Tensor, min_area: int, connectivity: int = 4) -> torch.Tensor:
+    """Drop foreground components with fewer than ``min_area`` pixels from a ``(B, h, w)`` or ``(h, w)`` mask;
+    ``connectivity`` 4 (edge neighbours, the GMM mask's rule) or 8 (diagonals too). Same device as the input."""
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
     if min_area <= 1:
         return mask.clone()
     from scipy import ndimage  # lazy, like sklearn below: keeps `import segdrop` light for ComfyUI start-up
+    structure = np.ones((3, 3), bool) if connectivity == 8 else None  # None: scipy's default, 4-connectivity
     squeeze = mask.dim() == 2
     batch = (mask[None] if squeeze else mask).cpu().numpy()
     out = np.zeros_like(batch)
     for image in range(batch.shape[0]):
-        labels, count = ndimage.label(batch[image])  # default structure: 4-connectivity
+        labels, count = ndimage.label(batch[image], structure=structure)
         if count:
             areas = np.bincount(labels.reshape(-1), minlength=count + 1)
             keep = areas >= min_area
             keep[0] = False
             out[image] = keep[labels]
-    result = torch.from_numpy(out)
+    result = torch.from_numpy(out).to(mask.device)
     return result[0] if squeeze else result
 
 

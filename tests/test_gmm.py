@@ -189,3 +189,11 @@ def test_attention_maps_helper():
         warnings.simplefilter("error")
         result = gmm_binarize_attention(payload, [2], majority_filter=False)
     assert torch.equal(result.mask[0], labels)
+
+
+def test_remove_small_components_with_8_connectivity_joins_diagonals():
+    diagonal = torch.eye(4, dtype=torch.bool)
+    assert torch.equal(remove_small_components(diagonal, 4, connectivity=8), diagonal)
+    assert not remove_small_components(diagonal, 5, connectivity=8).any()
+    with pytest.raises(ValueError, match="connectivity must be 4 or 8"):
+        remove_small_components(diagonal, 2, connectivity=6)

@@ -110,13 +110,20 @@ def unet_input(noisy: torch.Tensor, mask_latent: torch.Tensor, cond_latent: torc
     return torch.cat([noisy, mask_latent.to(noisy.dtype), cond_latent.to(noisy.dtype)], dim=1)
 
 
-def _check_inputs(bundle, images: np.ndarray, masks: np.ndarray) -> None:
+def inpaint_layout_problem(bundle) -> str | None:
+    """Why ``bundle``'s UNet is not a concat-conditioned (inpainting-layout) model, or None when it is."""
     c = bundle.codec.latent_channels
-    if not is_inpaint_unet(bundle.unet, c):
-        raise ValueError(
-            f"this model's UNet takes {bundle.unet.config.in_channels} input channels, not {inpaint_in_channels(c)} "
-            f"(= 2x{c} latent + 1 mask): it is not a concat-conditioned model; train one with "
-            "`python -m segdrop.training inpaint` (then `removal`) or load an SD inpainting folder")
+    if is_inpaint_unet(bundle.unet, c):
+        return None
+    return (f"its UNet takes {bundle.unet.config.in_channels} input channels, not {inpaint_in_channels(c)} "
+            f"(= 2x{c} latent + 1 mask): it is not an inpainting model (not a concat-conditioned model); train one with "
+            "`python -m segdrop.training inpaint` or give an SD inpainting folder")
+
+
+def _check_inputs(bundle, images: np.ndarray, masks: np.ndarray) -> None:
+    problem = inpaint_layout_problem(bundle)
+    if problem is not None:
+        raise ValueError(f"This model cannot sample with a mask and an image: {problem}.")
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (B, H, W, 3), got {images.dtype} {images.shape}")
     if masks.shape != images.shape[:3]:
@@ -174,4 +181,4 @@ def conditioned_sample(bundle, images: np.ndarray, masks: np.ndarray, *, prompt:
 
 
 __all__ = ["GRAY", "conditioned_sample", "gray_out", "inpaint_in_channels", "is_inpaint_unet", "latent_mask",
-           "make_inpaint_unet", "unet_input", "widen_conv_in"]
+           "inpaint_layout_problem", "make_inpaint_unet", "unet_input", "widen_conv_in"]

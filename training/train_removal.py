@@ -50,7 +50,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .conditioned_unet import gray_out, inpaint_in_channels, is_inpaint_unet
+from .conditioned_unet import gray_out, inpaint_layout_problem
 from .loop import ConfigError, cli_main, prepare_run_dir
 from .settings import recipe_parser, resolve_config
 from .train_conditioned import (
@@ -257,12 +257,9 @@ def train(config: RemovalConfig, command: str) -> dict:
     accelerator = setup_threads_and_accelerator(config)
     out = Path(config.output_dir)
     bundle = load_base(config.base)  # checked before the run folder is touched
-    c = bundle.codec.latent_channels
-    if not is_inpaint_unet(bundle.unet, c):
-        raise ConfigError(
-            f"--base {config.base} is not an inpainting model: its UNet takes {bundle.unet.config.in_channels} input "
-            f"channels, removal needs {inpaint_in_channels(c)} (= 2x{c} latent + 1 mask); train one with "
-            "`python -m segdrop.training inpaint` or give an SD inpainting folder")
+    problem = inpaint_layout_problem(bundle)
+    if problem is not None:
+        raise ConfigError(f"--base {config.base} cannot be fine-tuned for removal: {problem}")
     bundle.text_encoder.requires_grad_(False)
     prepare_run_dir(accelerator, out, config.resume)
 
