@@ -38,7 +38,9 @@ def scene_seed(seed: int, split: str, index: int) -> int:
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
-    """[0, 1] float image or bool mask -> uint8 (masks become 0/255)."""
+    """[0, 1] float image, uint8 image (kept) or bool mask -> uint8 (masks become 0/255)."""
+    if array.dtype == np.uint8:
+        return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     return np.clip(np.rint(np.asarray(array, np.float64) * 255.0), 0, 255).astype(np.uint8)
@@ -58,7 +60,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Atomically write an (H, W, 3) float image as RGB or an (H, W) bool mask as L (0/255)."""
+    """Atomically write an (H, W, 3) float or uint8 image as RGB or an (H, W) bool mask as L (0/255)."""
     data = to_uint8(array)
     mode = "RGB" if data.ndim == 3 else "L"
     _atomic_write_bytes(Path(path), lambda fh: Image.fromarray(data, mode).save(fh, format="PNG"))

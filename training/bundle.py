@@ -163,7 +163,7 @@ def load_bundle(path: str | os.PathLike, torch_dtype: torch.dtype | None = None)
     return ModelBundle(unet, text_encoder, tokenizer, scheduler, codec, image_size, info)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Move the complete folder ``tmp`` to ``final``; an existing ``final`` is swapped out, then removed."""
     old = None
     if final.exists():
@@ -197,7 +197,7 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> Path:
         })
         info.setdefault("object_prompt", "a photo of a {}")
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, sort_keys=False, default=str) + "\n")
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

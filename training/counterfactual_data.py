@@ -60,6 +60,7 @@ import numpy as np
 import tomllib
 from PIL import Image, ImageOps
 
+from ..toyworld.dataset import save_png
 from .loop import ConfigError, dumps_strict, write_text_atomic
 
 logger = logging.getLogger("segdrop.training.counterfactual_data")
@@ -131,20 +132,6 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(im.convert("L")) > 127
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot read mask {path}: {error}") from None
-
-
-def _atomic_png(array: np.ndarray, path: Path) -> None:
-    """Atomically write uint8 RGB or bool mask (0/255 L) as PNG: temp file in the same folder, then os.replace."""
-    data = array.astype(np.uint8) * 255 if array.dtype == bool else array
-    mode = "RGB" if data.ndim == 3 else "L"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(np.ascontiguousarray(data), mode).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------- listing sources
@@ -487,9 +474,9 @@ def build_item(out: Path, source: TripletSource, masker: SamMasker | None) -> di
     """Load, check and write one triplet (PNGs, then the record); returns the record."""
     triplet = load_triplet(source, masker)
     paths = _paths(out, source.id)
-    _atomic_png(triplet.factual, paths["factual"])
-    _atomic_png(triplet.counterfactual, paths["counterfactual"])
-    _atomic_png(triplet.mask, paths["mask"])
+    save_png(triplet.factual, paths["factual"])
+    save_png(triplet.counterfactual, paths["counterfactual"])
+    save_png(triplet.mask, paths["mask"])
     h, w = triplet.mask.shape
     rec = {"id": source.id, "factual": f"factual/{source.id}.png", "counterfactual": f"counterfactual/{source.id}.png",
            "mask": f"masks/{source.id}.png", "width": w, "height": h, "mask_source": source.mask_source,

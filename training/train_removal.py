@@ -50,6 +50,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from .bundle import replace_dir
 from .conditioned_unet import gray_out, inpaint_layout_problem
 from .loop import ConfigError, cli_main, prepare_run_dir
 from .settings import recipe_parser, resolve_config
@@ -215,11 +216,13 @@ def save_lora_fallback(unet, folder: Path, metadata: dict) -> dict[str, Path]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
-    save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"segdrop": json.dumps(metadata, default=str)})
-    (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=1, default=str) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    try:
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"segdrop": json.dumps(metadata, default=str)})
+        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=1, default=str) + "\n")
+        replace_dir(tmp, folder)  # an existing adapter is swapped out whole, never left half-written
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return {"peft": folder / "adapter_model.safetensors"}
 
 
