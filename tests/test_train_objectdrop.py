@@ -361,3 +361,46 @@ def test_conv_in_can_learn_faster_than_the_body(t2i):
     body, fast = parameter_groups(unet, params, 1e-4, 10.0)
     assert {id(p) for p in fast["params"]} == {id(p) for p in unet.conv_in.parameters()} and fast["lr"] == 1e-3
     assert len(body["params"]) + len(fast["params"]) == len(params) and "lr" not in body
+
+
+def test_v_prediction_training_learns_the_velocity_and_is_saved(tmp_path, t2i, toydata):
+    """--prediction_type v_prediction: the loss targets the velocity, the bundle's scheduler and card say so, and a
+    recipe on that base keeps it (the removal models inherit the inpainting model's parametrisation)."""
+    from diffusers import DDPMScheduler
+
+    from segdrop.training.train_conditioned import training_objective
+
+    out = tmp_path / "v"
+    assert train_inpaint.main(inpaint_argv(t2i, toydata, out, "--prediction_type", "v_prediction")) == 0
+    bundle = load_bundle(out / "model")
+    assert bundle.scheduler.config.prediction_type == "v_prediction"
+    assert bundle.info["prediction_type"] == "v_prediction"
+    removal = tmp_path / "removal"
+    assert train_removal.main(removal_argv(out / "model", toydata, removal)) == 0
+    assert load_bundle(removal / "model").scheduler.config.prediction_type == "v_prediction"
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type="v_prediction")
+    latents, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 900])
+    a = scheduler.alphas_cumprod[t].sqrt()[:, None, None, None]
+    s = (1 - scheduler.alphas_cumprod[t]).sqrt()[:, None, None, None]
+    torch.testing.assert_close(training_objective(scheduler, latents, noise, t), a * noise - s * latents)
+    scheduler.register_to_config(prediction_type="epsilon")
+    assert training_objective(scheduler, latents, noise, t) is noise
+
+
+def test_min_snr_weights_follow_the_prediction_type():
+    from diffusers import DDPMScheduler
+
+    from segdrop.training.loop import min_snr_weights
+
+    t = torch.tensor([1, 500, 999])
+    eps = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon")
+    v = DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    snr = eps.alphas_cumprod[t] / (1 - eps.alphas_cumprod[t])
+    torch.testing.assert_close(min_snr_weights(eps, t, 5.0), snr.clamp(max=5.0) / snr)
+    torch.testing.assert_close(min_snr_weights(v, t, 5.0), snr.clamp(max=5.0) / (snr + 1))
+
+
+def test_unknown_prediction_type_is_refused(tmp_path, t2i, toydata, capsys):
+    assert train_inpaint.main(inpaint_argv(t2i, toydata, tmp_path / "x", "--prediction_type", "sample")) == 2
+    assert "prediction_type must be one of" in capsys.readouterr().err

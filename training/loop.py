@@ -440,7 +440,7 @@ def start_or_resume(accelerator, out: Path, resume: bool, lr_scheduler,
 
 @dataclass
 class StepRunner:
-    """What every recipe does around its forward pass, one optimisation step at a time: the ε-MSE loss (Min-SNR
+    """What every recipe does around its forward pass, one optimisation step at a time: the MSE loss (Min-SNR
     weighted when ``snr_gamma`` > 0), backward, clipping and the optimizer/LR step, the loss log and progress line,
     the ``max_train_minutes`` stop agreed by all processes, and checkpoints. ``settings`` is the recipe's config
     (``steps``, ``batch_size``, ``snr_gamma``, ``max_grad_norm``, ``log_every``, ``checkpointing_steps``,
@@ -465,11 +465,12 @@ class StepRunner:
         self.last_loss: float | None = None
         self.lr: float | None = None
 
-    def loss(self, pred, noise, timesteps):
-        """Mean ε-MSE per sample, Min-SNR-γ weighted (γ / SNR capped at 1) when ``snr_gamma`` > 0."""
+    def loss(self, pred, objective, timesteps):
+        """Mean MSE per sample against ``objective`` (the noise for ε-prediction, the velocity for v-prediction),
+        Min-SNR-γ weighted when ``snr_gamma`` > 0 (weights for the noise scheduler's ``prediction_type``)."""
         import torch.nn.functional as F
 
-        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_sample = F.mse_loss(pred.float(), objective.float(), reduction="none").mean(dim=(1, 2, 3))
         if self.settings.snr_gamma > 0:
             per_sample = per_sample * min_snr_weights(self.noise_scheduler, timesteps, self.settings.snr_gamma).to(
                 per_sample.device)
@@ -528,12 +529,15 @@ class StepRunner:
 
 
 def min_snr_weights(noise_scheduler, timesteps, gamma: float):
-    """Min-SNR-gamma loss weights (Hang et al. 2023) for epsilon prediction: min(SNR, gamma) / SNR, with SNR from
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon prediction and
+    min(SNR, gamma) / (SNR + 1) for v-prediction (both weigh the x0 error by min(SNR, gamma)), with SNR from
     diffusers' ``compute_snr`` so the recipes share one definition."""
     import torch
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_scheduler, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return torch.clamp(snr, max=gamma) / (snr + 1)
     return torch.clamp(snr, max=gamma) / snr
 
 

@@ -56,6 +56,7 @@ class CommonConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     snr_gamma: float = 0.0  # >0: Min-SNR loss weighting, e.g. 5.0
+    prediction_type: str = "keep"  # keep (the base's) | epsilon | v_prediction: what the trained UNet predicts
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
     num_threads: int = 0  # >0: torch.set_num_threads
@@ -76,6 +77,7 @@ def validate_common(c: CommonConfig) -> None:
         (c.conv_in_lr_scale > 0, "conv_in_lr_scale must be > 0"),
         (c.warmup_steps >= 0, "warmup_steps must be >= 0"),
         (c.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+        (c.prediction_type in PREDICTION_TYPES, f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}"),
         (c.save_dtype in ("auto", "float32", "float16"), "save_dtype must be auto, float32 or float16"),
         (c.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
         (c.checkpoints_total_limit >= 1, "checkpoints_total_limit must be >= 1"),
@@ -84,6 +86,30 @@ def validate_common(c: CommonConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+PREDICTION_TYPES = ("keep", "epsilon", "v_prediction")
+
+
+def set_prediction_type(bundle, prediction_type: str) -> str:
+    """Switch ``bundle``'s noise scheduler (which the derived bundle saves) to ``prediction_type`` unless it is
+    "keep"; returns the type the recipe trains. A base ε-model fine-tuned to predict v (SD 2 was made that way)
+    gets an x0-like objective at high noise, where ε-prediction leaves x0 almost unconstrained: the small toy models
+    then copy the conditioning image from the very first sampling step instead of locking in colour casts."""
+    if prediction_type not in ("keep", bundle.scheduler.config.prediction_type):
+        bundle.scheduler.register_to_config(prediction_type=prediction_type)
+    kind = bundle.scheduler.config.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"the base's scheduler predicts {kind!r}; the recipes train epsilon or v_prediction models: "
+                          "pass --prediction_type epsilon or v_prediction")
+    return kind
+
+
+def training_objective(noise_scheduler, latents, noise, timesteps):
+    """What the UNet learns to output: the noise (ε-prediction) or the velocity (v-prediction)."""
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noise
 
 
 def load_base(path: str):
@@ -151,6 +177,7 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
     command = launch_command(command, world)  # the accelerate launch line when several processes run
     global_batch = config.batch_size * world
     scheduler, codec = bundle.scheduler, bundle.codec.to(accelerator.device)  # SD VAEs encode on the GPU too
+    set_prediction_type(bundle, config.prediction_type)
     unet = recipe.unet
     optimizer = torch.optim.AdamW(parameter_groups(unet, recipe.params, config.lr, config.conv_in_lr_scale),
                                   lr=config.lr, weight_decay=config.weight_decay)
@@ -185,7 +212,8 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
             inp = unet_input(noisy, latent_mask(batch.mask, codec.factor), cond).to(device)
             with accelerator.autocast():
                 pred = unet(inp, timesteps.to(device), hidden_table[batch.hidden_index.to(device)]).sample
-            runner.update(runner.loss(pred, noise.to(device), timesteps), recipe.params)
+            objective = training_objective(scheduler, target, noise, timesteps)
+            runner.update(runner.loss(pred, objective.to(device), timesteps), recipe.params)
             step += 1
             if runner.after(step):
                 stopped_early = True
@@ -229,7 +257,7 @@ def save_derived_bundle(bundle, unet, info: dict, folder: Path, save_dtype: str)
         save_dtype = "float32" if mb <= 20 else "float16"
     if save_dtype == "float16":  # copies: the caller's float32 UNet stays usable (e.g. for the single-file export)
         unet, te = copy.deepcopy(unet).to(torch.float16), copy.deepcopy(te).to(torch.float16)
-    info = {**info, "weights_dtype": save_dtype}
+    info = {**info, "weights_dtype": save_dtype, "prediction_type": bundle.scheduler.config.prediction_type}
     dumps_strict(info, default=str)  # refuse NaN/inf in the model card before anything is written
     derived = ModelBundle(unet, te, bundle.tokenizer, bundle.scheduler, bundle.codec, bundle.image_size, info)
     return save_bundle(derived, folder)
