@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .data import LabelledImage, from_scene, read_folder
 from .localization import localization_report
 from .protocol import PANEL_CHOICE, EvalSettings, evaluate
-from .report import results_markdown, write_panels, write_removal_panels
+from .report import results_markdown, write_panels, write_refinement_panels, write_removal_panels
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -38,6 +38,11 @@ class DemoConfig:
     removal_scenes: int = 50
     removal_steps: int = 50
     removal_models: Path = DEFAULT_MODEL.parent
+    refinement: bool = True
+    """Also score concept distillation's stages (M_pre, refined M, segmenters) with the committed toy models."""
+    refinement_scenes: int = 50
+    refinement_steps: int = 50
+    refinement_models: Path = DEFAULT_MODEL.parent
 
 
 def toyworld_scenes(split: str, count: int, seed: int, size: int) -> list[LabelledImage]:
@@ -79,8 +84,11 @@ def run_demo(config: DemoConfig) -> dict:
     started = time.perf_counter()
     results = run_evaluation(bundle, test, validation, config.settings, config.out, config.panels,
                              config.localization, header)
+    if config.refinement:
+        results["refinement"] = run_refinement(config, bundle)
     if config.removal:
         results["removal"] = run_removal(config)
+    if config.refinement or config.removal:
         results["seconds"] = round(time.perf_counter() - started, 1)
         (config.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
         (config.out / "results.md").write_text(results_markdown(results))
@@ -91,6 +99,24 @@ def run_demo(config: DemoConfig) -> dict:
 
         Image.fromarray(sample_grid(bundle)).save(config.samples)
     return results
+
+
+def run_refinement(config: DemoConfig, capture_bundle) -> dict:
+    """Concept distillation's stage table on held-out toy-world scenes; writes refinement panels."""
+    from .refinement import evaluate_refinement, missing_models
+
+    missing = missing_models(config.refinement_models)
+    if missing:
+        return {"skipped": f"no toy concept-distillation models {', '.join(missing)} in {config.refinement_models}: "
+                           "train them with the commands in the README (python -m segdrop.training background / "
+                           "segmenter) or pass --refinement-models"}
+    items = toyworld_scenes("refinement", config.refinement_scenes, config.settings.seed, int(capture_bundle.image_size))
+    with tqdm(total=len(items), desc="evaluate: concept distillation stages", unit="image") as bar:
+        table, pictures = evaluate_refinement(capture_bundle, items, config.refinement_models,
+                                              steps=config.refinement_steps, seed=config.settings.seed,
+                                              t0=config.settings.t0, progress=bar.update)
+    write_refinement_panels(config.out, items[: config.panels], pictures)
+    return {"scenes": len(items), "steps": config.refinement_steps, "rows": table}
 
 
 def run_removal(config: DemoConfig) -> dict:
@@ -165,6 +191,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--removal-models", type=Path, default=DemoConfig.removal_models,
                         help="folder holding toy_inpaint/, toy_removal/, toy_removal_grayed/ (model bundles) and "
                              "toy_removal_lora/ (the LoRA adapter); default: the pack's models/")
+    parser.add_argument("--refinement", action=argparse.BooleanOptionalAction, default=True,
+                        help="score concept distillation's stages (M_pre, refined mask, segmenters) with the committed "
+                             "toy models (--no-refinement skips it)")
+    parser.add_argument("--refinement-scenes", type=int, default=DemoConfig.refinement_scenes,
+                        help="held-out scenes for the concept-distillation stage table")
+    parser.add_argument("--refinement-steps", type=int, default=DemoConfig.refinement_steps,
+                        help="DDIM steps of the background inpainting (paper: 50)")
+    parser.add_argument("--refinement-models", type=Path, default=DemoConfig.refinement_models,
+                        help="folder holding toy_background/ (m′) and the toy_segmenter_*.safetensors files; default: "
+                             "the pack's models/")
     _settings_arguments(parser)
 
 
@@ -181,7 +217,9 @@ def demo_main(args: argparse.Namespace) -> int:
                         validation_scenes=args.validation_scenes, panels=args.panels,
                         localization=args.localization, samples=args.samples, settings=_settings(args),
                         removal=args.removal, removal_scenes=args.removal_scenes, removal_steps=args.removal_steps,
-                        removal_models=args.removal_models)
+                        removal_models=args.removal_models, refinement=args.refinement,
+                        refinement_scenes=args.refinement_scenes, refinement_steps=args.refinement_steps,
+                        refinement_models=args.refinement_models)
     results = run_demo(config)
     print(results_markdown(results))
     print(f"Wrote {config.out / 'results.md'}, results.json and picture panels.")

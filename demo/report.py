@@ -62,6 +62,49 @@ def write_removal_panels(out: Path, items: Sequence[LabelledImage], outputs: dic
     return paths
 
 
+def write_refinement_panels(out: Path, items: Sequence[LabelledImage], pictures: dict[str, list]) -> list[Path]:
+    """One PNG per scene: image | M_pre | background inpainting | |x - x̂| | refined | segmenter (D′) | truth."""
+    from PIL import Image
+
+    def grey(mask) -> np.ndarray:
+        return np.repeat(np.asarray(mask, np.float32)[..., None], 3, axis=-1)
+
+    paths = []
+    for index, item in enumerate(items):
+        h, w = item.size
+        difference = np.asarray(pictures["difference"][index], np.float32)
+        tiles = [item.rgb, grey(pictures["prelim"][index]), pictures["inpainted"][index] / 255.0,
+                 grey(difference / max(float(difference.max()), 1e-6)), grey(pictures["refined"][index]),
+                 grey(pictures["segmenter_synthetic"][index]), grey(item.foreground)]
+        gap = np.ones((h, 2, 3), np.float32)
+        row = np.concatenate([t for tile in tiles for t in (np.asarray(tile, np.float32), gap)][:-1], axis=1)
+        scale = max(1, 256 // h)
+        picture = (np.clip(row, 0, 1) * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+        paths.append(out / f"refinement_{index:02d}.png")
+        Image.fromarray(picture).save(paths[-1])
+    return paths
+
+
+def refinement_markdown(refinement: dict) -> list[str]:
+    if "skipped" in refinement:
+        return ["## Concept distillation stages", "", f"Skipped: {refinement['skipped']}.", ""]
+    return [
+        f"## Concept distillation stages ({refinement['scenes']} held-out scenes, {refinement['steps']} DDIM steps "
+        "of background inpainting)",
+        "",
+        "Foreground IoU with the union of object masks: pooled over all pixels (the paper's metric) and the mean of "
+        "per-image IoU.",
+        "",
+        "| row | IoU pooled | IoU per-image mean |",
+        "| --- | --- | --- |",
+        *[f"| {name} | {r['iou_pooled']:.3f} | {r['iou_mean']:.3f} |" for name, r in refinement["rows"].items()],
+        "",
+        "Refinement panels: image | M_pre | background inpainting by m′ | difference |x − x̂| | refined M | "
+        "segmenter trained on D′ | truth.",
+        "",
+    ]
+
+
 def removal_markdown(removal: dict) -> list[str]:
     if "skipped" in removal:
         return ["## Object removal", "", f"Skipped: {removal['skipped']}.", ""]
@@ -110,6 +153,8 @@ def results_markdown(results: dict) -> str:
         f"the {PANEL_CHOICE} | its GMM mask | DiffSeg segments | ground truth.",
         "",
     ]
+    if "refinement" in results:
+        lines += refinement_markdown(results["refinement"])
     if "removal" in results:
         lines += removal_markdown(results["removal"])
     if "word_localization" in results:

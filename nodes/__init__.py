@@ -6,11 +6,14 @@ from comfy_api.latest import ComfyExtension, io
 
 from .capture import AttentionCapture
 from .objectdrop import ObjectDropConditioning, ObjectDropRemove
+from .refine import BackgroundInpaintRefine
 from .segment import GMMBinarize, KLMergeSegment
+from .segmenter import SegmenterApply
 
 
 def node_list() -> list[type[io.ComfyNode]]:
-    return [AttentionCapture, GMMBinarize, KLMergeSegment, ObjectDropConditioning, ObjectDropRemove]
+    return [AttentionCapture, GMMBinarize, KLMergeSegment, ObjectDropConditioning, ObjectDropRemove,
+            BackgroundInpaintRefine, SegmenterApply]
 
 
 class SegDropExtension(ComfyExtension):

@@ -13,7 +13,7 @@ from segdrop.attention_patch.maps import AttentionMaps
 SD_TOKENS = ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "red</w>", "square</w>"] + ["<|endoftext|>"] * 9
 PUBLISHED_IDS = {
     "SegDrop_AttentionCapture", "SegDrop_GMMBinarize", "SegDrop_KLMergeSegment", "SegDrop_ObjectDropConditioning",
-    "SegDrop_ObjectDropRemove",
+    "SegDrop_ObjectDropRemove", "SegDrop_BackgroundInpaintRefine", "SegDrop_SegmenterApply",
 }
 
 

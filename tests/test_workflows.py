@@ -124,3 +124,41 @@ def test_object_removal_workflow_wiring():
     assert api[mask_image]["inputs"]["mask"] == [by_type["SegDrop_ObjectDropRemove"], 1]
     previewed = {tuple(node["inputs"]["images"]) for node in api.values() if node["class_type"] == "PreviewImage"}
     assert previewed == {(by_type["SegDrop_ObjectDropRemove"], 2), (mask_image, 0)}
+
+
+def test_foreground_refine_workflow_wiring():
+    """M_pre from the pretrained checkpoint's attention (Attention Capture -> GMM Binarize, as the paper), then m′
+    (the checkpoint through Load LoRA) repaints it in Background Inpaint Refine; its outputs are previewed."""
+    api = json.loads(build.api_path("foreground_refine", FOLDER).read_text())
+    by_type = {node["class_type"]: node_id for node_id, node in api.items()}
+    loader, lora, image = by_type["CheckpointLoaderSimple"], by_type["LoraLoader"], by_type["LoadImage"]
+    capture, gmm = by_type["SegDrop_AttentionCapture"], by_type["SegDrop_GMMBinarize"]
+    refine = by_type["SegDrop_BackgroundInpaintRefine"]
+    assert api[capture]["inputs"]["model"] == [loader, 0] and api[capture]["inputs"]["preset"] == "concept distillation"
+    assert api[gmm]["inputs"]["attention"] == [capture, 0]
+    assert api[lora]["inputs"]["model"] == [loader, 0] and api[lora]["inputs"]["clip"] == [loader, 1]
+    inputs = api[refine]["inputs"]
+    assert inputs["model"] == [lora, 0] and inputs["clip"] == [lora, 1] and inputs["vae"] == [loader, 2]
+    assert inputs["image"] == [image, 0] and inputs["mask"] == [gmm, 0]
+    assert inputs["prompt"] == "a photo of a background" and inputs["steps"] == 50 and inputs["eta"] == 0.0
+    previewed = {tuple(node["inputs"]["images"]) for node in api.values() if node["class_type"] == "PreviewImage"}
+    mask_image = by_type["MaskToImage"]
+    assert api[mask_image]["inputs"]["mask"] == [refine, 0]
+    assert previewed == {(gmm, 2), (mask_image, 0), (refine, 1), (refine, 2)}
+
+
+def test_distillation_guidance_workflow_is_core_ksampler_cfg_between_the_two_prompts():
+    """ε̂ = ε(y_b) + s·(ε(y_f) − ε(y_b)): y_f positive, y_b negative, cfg = s, the paper's DDIM (50, uniform grid)."""
+    api = json.loads(build.api_path("distillation_guidance", FOLDER).read_text())
+    assert all(not node["class_type"].startswith("SegDrop_") for node in api.values())
+    by_type = {node["class_type"]: node_id for node_id, node in api.items()}
+    sampler = api[by_type["KSampler"]]["inputs"]
+    texts = {node_id: node["inputs"]["text"] for node_id, node in api.items() if node["class_type"] == "CLIPTextEncode"}
+    assert texts[sampler["positive"][0]] == "a photo of a bird"
+    assert texts[sampler["negative"][0]] == "a photo of a background"
+    assert sampler["model"] == [by_type["LoraLoader"], 0] and sampler["cfg"] == build.GUIDANCE_SCALE
+    assert (sampler["sampler_name"], sampler["scheduler"], sampler["steps"]) == ("ddim", "ddim_uniform", 50)
+    assert "control_after_generate" not in sampler  # a UI-only value (after the seed widget), never sent
+    ui = json.loads((FOLDER / "distillation_guidance.json").read_text())
+    ksampler = next(node for node in ui["nodes"] if node["type"] == "KSampler")
+    assert ksampler["widgets_values"][:3] == [0, "fixed", 50]  # seed, control_after_generate, steps

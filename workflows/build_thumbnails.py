@@ -9,6 +9,10 @@ toy-world scenes with the shipped default model (the same methods as the nodes; 
 * zero_shot_segmentation: input | DiffSeg segments (KL merge of self-attention at t = 300) | segments over input.
   The toy model's attention is flatter than Stable Diffusion's, so tau = 0.1 (the demo's choice on validation
   scenes) stands in for the paper's 1.1.
+* foreground_refine: input | M_pre (as foreground_mask) | background | refined mask (``segment.refine``). No
+  background model m′ ships, so the background is the toy world's exact counterfactual (an ideal m′'s output).
+* distillation_guidance: an illustration, not a model's output: a scene (y_f) and its background (y_b), the two
+  concepts the guidance pulls between (it needs m′; the toy default model is no usable text-to-image generator).
 
 Run ``python workflows/build_thumbnails.py`` (about a minute on a CPU). Tests check each file exists, is a JPEG
 and stays under 50 KB.
@@ -32,6 +36,10 @@ TITLES = {
     "foreground_mask": ("Foreground mask", "concept distillation: attention, GMM", ("image", "attention", "mask")),
     "zero_shot_segmentation": ("Zero-shot segmentation", "DiffSeg: self-attention, KL merge",
                                ("image", "segments", "overlay")),
+    "foreground_refine": ("Refined mask", "concept distillation: M_pre AND changed",
+                          ("image", "M_pre", "inpaint", "refined")),
+    "distillation_guidance": ("Distillation guidance", "KSampler: + y_f, - y_b, cfg = s",
+                              ("y_f: object", "y_b: background")),
 }
 
 
@@ -59,6 +67,54 @@ def _tiles(name: str, bundle, items) -> list[list[np.ndarray]]:
     colours = preview.colorize_labels(torch.as_tensor(labels))
     blended = preview.overlay(images, colours, 0.6)
     return [[images[k].numpy(), colours[k].numpy(), blended[k].numpy()] for k in range(len(items))]
+
+
+def refine_tiles(bundle, items) -> list[list[np.ndarray]]:
+    """foreground_refine: input | M_pre (the toy model's attention, GMM) | background | refined M.
+
+    No background model m′ ships with the pack, so the background column is the toy world's exact
+    counterfactual (the scene without its objects and their effects): what an ideal m′ would paint. The refined
+    mask is ``segment.refine.refine_mask`` on it, as Background Inpaint Refine computes it."""
+    from segdrop.demo.protocol import PANEL_CHOICE, EvalSettings, foreground_masks
+    from segdrop.segment.refine import refine_mask
+
+    prelim, _ = foreground_masks(bundle, items, EvalSettings(seed=SEED))[PANEL_CHOICE]
+    rows = []
+    for item, mask in zip(items, prelim):
+        image = np.asarray(item.rgb, np.float32)
+        background = np.asarray(item.counterfactual, np.float32)
+        refined = refine_mask(image, background, mask.astype(bool))
+        rows.append([image, np.repeat(mask[..., None], 3, -1).astype(np.float32), background,
+                     np.repeat(refined[..., None], 3, -1).astype(np.float32)])
+    return rows
+
+
+def guidance_tiles(items) -> list[list[np.ndarray]]:
+    """distillation_guidance, one row (two columns fill the card's width): the two concepts the guidance pulls
+    between, y_f (the scene with its object) and y_b (the same scene's background: the toy world's exact
+    counterfactual). An illustration of what the workflow is for, not a model's output: it needs m′, and the toy
+    default model is no usable text-to-image generator."""
+    return [[np.asarray(item.rgb, np.float32), np.asarray(item.counterfactual, np.float32)] for item in items[:1]]
+
+
+def write_concept_distillation(folder: Path = HERE, bundle=None) -> list[Path]:
+    """``foreground_refine.jpg`` and ``distillation_guidance.jpg`` (see refine_tiles and guidance_tiles)."""
+    from segdrop.demo.job import DEFAULT_MODEL, toyworld_scenes
+    from segdrop.training.bundle import load_bundle
+
+    bundle = bundle or load_bundle(DEFAULT_MODEL)
+    picked = SCENES["foreground_mask"]
+    scenes = toyworld_scenes("test", 1 + max(picked), SEED, int(bundle.image_size))
+    items = [scenes[i] for i in picked]
+    written = []
+    for name, tiles in (("foreground_refine", lambda: refine_tiles(bundle, items)),
+                        ("distillation_guidance", lambda: guidance_tiles(items))):
+        torch.manual_seed(SEED)
+        card = draw_card(name, tiles())
+        path = folder / f"{name}.jpg"
+        card.save(path, quality=85, optimize=True, progressive=True)
+        written.append(path)
+    return written
 
 
 def draw_card(name: str, rows: list[list[np.ndarray]]):
@@ -106,6 +162,7 @@ def write_all(folder: Path = HERE) -> list[Path]:
         path = folder / f"{name}.jpg"
         card.save(path, quality=85, optimize=True, progressive=True)
         written.append(path)
+    written += write_concept_distillation(folder, bundle)
     return written
 
 

@@ -58,10 +58,24 @@ NODE_TYPES: dict[str, tuple[list, list, list]] = {
         ["seed", "steps", "cfg", "sampler_name", "scheduler", "mask_grow", "context", "resolution", "effect_threshold"],
         [("image", "IMAGE"), ("effect_mask", "MASK"), ("crop_preview", "IMAGE")],
     ),
+    "SegDrop_BackgroundInpaintRefine": (
+        [("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE"), ("mask", "MASK")],
+        ["prompt", "seed", "steps", "eta", "postprocess"],
+        [("mask", "MASK"), ("background", "IMAGE"), ("difference", "IMAGE")],
+    ),
+    "SegDrop_SegmenterApply": ([("image", "IMAGE")], ["segmenter", "threshold", "postprocess"], [("mask", "MASK")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], ["text"], [("CONDITIONING", "CONDITIONING")]),
+    "EmptyLatentImage": ([], ["width", "height", "batch_size"], [("LATENT", "LATENT")]),
+    "KSampler": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+        [("LATENT", "LATENT")],
+    ),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
 }
 
 # What the frontend draws besides slots and one-line widgets (ComfyUI frontend 1.27, litegraph LGraphNode.computeSize):
-MULTILINE_WIDGETS = {("SegDrop_AttentionCapture", "prompt")}
+MULTILINE_WIDGETS = {("SegDrop_AttentionCapture", "prompt"), ("CLIPTextEncode", "text")}
 """Text areas: a DOM widget of at least 50 px."""
 IMAGE_PREVIEW_NODES = {"LoadImage", "PreviewImage", "SaveImage"}
 """Nodes that show an image below their widgets (the frontend's image preview widget: at least 220 px)."""
@@ -78,7 +92,16 @@ DISPLAY_NAMES = {
     "SaveImage": "Save Image",
     "SegDrop_ObjectDropConditioning": "ObjectDrop Conditioning",
     "SegDrop_ObjectDropRemove": "ObjectDrop Remove",
+    "SegDrop_BackgroundInpaintRefine": "Background Inpaint Refine (concept distillation)",
+    "SegDrop_SegmenterApply": "Segmenter Apply (concept distillation)",
+    "CLIPTextEncode": "CLIP Text Encode (Prompt)",
+    "EmptyLatentImage": "Empty Latent Image",
+    "KSampler": "KSampler",
+    "VAEDecode": "VAE Decode",
 }
+UI_ONLY_WIDGETS = {"upload", "control_after_generate"}
+"""Widgets the frontend saves in ``widgets_values`` but does not send: LoadImage's upload button, and the
+``control_after_generate`` value ("fixed", "randomize", ...) that follows a core seed widget."""
 
 TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT; drawn above a node's pos, not counted in its size
 SLOT_HEIGHT = 20  # LiteGraph.NODE_SLOT_HEIGHT, one row per input/output socket pair
@@ -173,6 +196,20 @@ REMOVAL_IMAGE = "example_with_alpha_mask.png"
 """Load Image's MASK is the PNG's alpha (paint the object in ComfyUI's mask editor)."""
 
 
+BACKGROUND_LORA = "concept_distillation_background_sd15.safetensors"
+"""m′ of concept distillation as a LoRA over the base checkpoint (``python -m segdrop.training background
+--lora_rank R`` exports one for SD-layout UNets; the paper fine-tunes the whole UNet: then load that checkpoint)."""
+FOREGROUND_PROMPT, BACKGROUND_PROMPT = "a photo of a bird", "a photo of a background"
+GUIDANCE_SCALE = 3.0
+"""Concept distillation guidance s (the paper: FID 9.8 at s = 1, 11.3 at s = 3, 22.3 at s = 7.5 on CUB).
+
+ε̂ = ε(y_b) + s·(ε(y_f) − ε(y_b)) is exactly KSampler's CFG with y_f as positive, y_b as negative and cfg = s.
+KSampler's cfg goes from 0 to 100: s = 0 samples y_b alone (a background); s = 1 is y_f alone (ComfyUI then
+skips the negative pass); s > 1 pushes away from the background. A negative s (bird-free backgrounds in the
+paper) is the same formula with the prompts swapped: ε̂ = ε(y_f) + (1 − s)·(ε(y_b) − ε(y_f)), i.e. y_b as positive,
+y_f as negative and cfg = 1 − s."""
+
+
 def loader_nodes() -> dict:
     return {
         1: ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, {}),
@@ -219,13 +256,49 @@ WORKFLOWS: dict[str, dict] = {
         7: ("MaskToImage", {}, {"mask": (4, 1)}),
         8: ("PreviewImage", {}, {"images": (7, 0)}),
     },
+    # Concept distillation end to end: M_pre from the pretrained model's attention (as the paper, not from m′), then
+    # m′ (the base + its background LoRA) repaints M_pre and the refined mask keeps what changed.
+    "foreground_refine": {
+        **loader_nodes(),
+        4: ("SegDrop_AttentionCapture", {"prompt": FOREGROUND_PROMPT, "preset": "concept distillation", "seed": 52,
+                                         "t0": 40, "timesteps": "300", "add_noise": False, "preview_word": "bird",
+                                         "max_batch": 8},
+            {"model": (1, 0), "clip": (1, 1), "latent": (3, 0)}),
+        5: ("SegDrop_GMMBinarize", {"words": "bird", "majority_filter": True, "min_area": 0, "threshold_shift": 0.0},
+            {"attention": (4, 0), "image": (2, 0)}),
+        6: ("LoraLoader", {"lora_name": BACKGROUND_LORA, "strength_model": 1.0, "strength_clip": 1.0},
+            {"model": (1, 0), "clip": (1, 1)}),
+        7: ("SegDrop_BackgroundInpaintRefine", {"prompt": BACKGROUND_PROMPT, "seed": 0, "steps": 50, "eta": 0.0,
+                                                "postprocess": False},
+            {"model": (6, 0), "clip": (6, 1), "vae": (1, 2), "image": (2, 0), "mask": (5, 0)}),
+        8: ("PreviewImage", {}, {"images": (5, 2)}),
+        9: ("MaskToImage", {}, {"mask": (7, 0)}),
+        10: ("PreviewImage", {}, {"images": (9, 0)}),
+        11: ("PreviewImage", {}, {"images": (7, 1)}),
+        12: ("PreviewImage", {}, {"images": (7, 2)}),
+    },
+    # Concept distillation guidance with core nodes only (see GUIDANCE_SCALE): m′ samples y_f guided away from y_b,
+    # with the paper's DDIM (ComfyUI's ddim sampler on the ddim_uniform grid, 50 steps).
+    "distillation_guidance": {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, {}),
+        2: ("LoraLoader", {"lora_name": BACKGROUND_LORA, "strength_model": 1.0, "strength_clip": 1.0},
+            {"model": (1, 0), "clip": (1, 1)}),
+        3: ("CLIPTextEncode", {"text": FOREGROUND_PROMPT}, {"clip": (2, 1)}),
+        4: ("CLIPTextEncode", {"text": BACKGROUND_PROMPT}, {"clip": (2, 1)}),
+        5: ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, {}),
+        6: ("KSampler", {"seed": 0, "control_after_generate": "fixed", "steps": 50, "cfg": GUIDANCE_SCALE,
+                         "sampler_name": "ddim", "scheduler": "ddim_uniform", "denoise": 1.0},
+            {"model": (2, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (5, 0)}),
+        7: ("VAEDecode", {}, {"samples": (6, 0), "vae": (1, 2)}),
+        8: ("SaveImage", {"filename_prefix": "distillation_guidance"}, {"images": (7, 0)}),
+    },
 }
 
 
 def api_format(graph: dict) -> dict:
     prompt = {}
     for node_id, (node_type, widgets, links) in graph.items():
-        inputs = {name: value for name, value in widgets.items() if name != "upload"}
+        inputs = {name: value for name, value in widgets.items() if name not in UI_ONLY_WIDGETS}
         inputs.update({name: [str(source), slot] for name, (source, slot) in links.items()})
         prompt[str(node_id)] = {"class_type": node_type, "inputs": inputs, "_meta": {"title": node_type}}
     return prompt

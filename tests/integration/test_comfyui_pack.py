@@ -167,9 +167,11 @@ def test_api_workflow_loader_substitutes_checkpoint_and_image(comfyui, tmp_path,
 
 
 SHIPPED_WORKFLOWS = sorted(p.name for p in (PACK_DIR / "workflows" / "api").glob("*.api.json"))
-SEGMENTATION_WORKFLOWS = [w for w in SHIPPED_WORKFLOWS if w != "object_removal.api.json"]
+LORA_WORKFLOWS = {"object_removal.api.json", "foreground_refine.api.json", "distillation_guidance.api.json"}
+SEGMENTATION_WORKFLOWS = [w for w in SHIPPED_WORKFLOWS if w not in LORA_WORKFLOWS]
 """The segmentation graphs run on the 4-channel tiny checkpoint; object_removal needs the inpainting one and a
-LoRA, and runs in test_comfy_objectdrop.py."""
+LoRA, and runs in test_comfy_objectdrop.py; foreground_refine and distillation_guidance need the background LoRA
+m′, and run in test_comfy_refine.py."""
 
 
 def shipped_graph(comfyui, workflow: str, checkpoint: str, image: str) -> dict:
@@ -181,7 +183,9 @@ def shipped_graph(comfyui, workflow: str, checkpoint: str, image: str) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert SHIPPED_WORKFLOWS == ["foreground_mask.api.json", "object_removal.api.json", "zero_shot_segmentation.api.json"]
+    assert SHIPPED_WORKFLOWS == ["distillation_guidance.api.json", "foreground_mask.api.json",
+                                 "foreground_refine.api.json", "object_removal.api.json",
+                                 "zero_shot_segmentation.api.json"]
 
 
 @pytest.mark.parametrize("workflow", SEGMENTATION_WORKFLOWS)

@@ -1,0 +1,68 @@
+"""The demo's concept-distillation stage table, end to end on tiny random models (16x16 scenes)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segdrop.demo import job
+from segdrop.demo.data import LabelledImage
+from segdrop.demo.protocol import EvalSettings
+from segdrop.demo.refinement import M_PRIME, SEGMENTER_ROWS, evaluate_refinement, missing_models, stage_scores
+from segdrop.segment.segmenter import SegmentationUNet, save_segmenter
+from segdrop.training.bundle import load_bundle
+
+from .test_train_objectdrop import SIZE, tiny_t2i_bundle
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def toy_models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    t2i = tiny_t2i_bundle(root / "build")
+    shutil.copytree(t2i, root / M_PRIME)
+    for index, file in enumerate(SEGMENTER_ROWS.values()):
+        torch.manual_seed(index)
+        save_segmenter(SegmentationUNet(base_width=4, depth=2, input_size=SIZE), root / file, {"test": "random"})
+    return root
+
+
+def test_stage_scores_pool_pixels_and_average_images():
+    item_a = LabelledImage(image=np.zeros((4, 4, 3), np.uint8), caption="a photo of a red circle",
+                               object_masks=[np.eye(4, dtype=bool)], object_names=["red circle"])
+    item_b = LabelledImage(image=np.zeros((4, 4, 3), np.uint8), caption="a photo of a red circle",
+                               object_masks=[np.ones((4, 4), bool)], object_names=["red circle"])
+    masks = [np.eye(4, dtype=bool), np.eye(4, dtype=bool)]
+    scores = stage_scores(masks, [item_a, item_b])
+    assert scores["iou_mean"] == pytest.approx((1.0 + 4 / 16) / 2)
+    assert scores["iou_pooled"] == pytest.approx(8 / 20)
+
+
+def test_refinement_rows_run_and_the_demo_reports_them(toy_models, tmp_path):
+    items = job.toyworld_scenes("refinement", 3, 0, SIZE)
+    capture = load_bundle(toy_models / M_PRIME)
+    table, pictures = evaluate_refinement(capture, items, toy_models, steps=2, t0=2, batch=2)
+    assert list(table) == ["prelim", "refined", *SEGMENTER_ROWS]
+    for scores in table.values():
+        assert 0.0 <= scores["iou_pooled"] <= 1.0 and 0.0 <= scores["iou_mean"] <= 1.0
+    assert all(len(pictures[name]) == 3 for name in pictures)
+    assert pictures["refined"][0].shape == (SIZE, SIZE) and pictures["refined"][0].dtype == bool
+
+    config = job.DemoConfig(out=tmp_path / "out", checkpoint=toy_models / M_PRIME, scenes=2, validation_scenes=1,
+                            panels=1, settings=EvalSettings(t0=2, tau_candidates=(1.1,)), removal=False,
+                            refinement_scenes=2, refinement_steps=2, refinement_models=toy_models)
+    results = job.run_demo(config)
+    assert set(results["refinement"]["rows"]) == {"prelim", "refined", *SEGMENTER_ROWS}
+    assert (tmp_path / "out" / "refinement_00.png").exists()
+    assert "Concept distillation stages" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_missing_models_are_named_and_the_section_is_skipped(tmp_path):
+    assert set(missing_models(tmp_path)) == {M_PRIME, *SEGMENTER_ROWS.values()}
+    config = job.DemoConfig(out=tmp_path / "out", refinement_models=tmp_path)
+    assert "skipped" in job.run_refinement(config, capture_bundle=None)
