@@ -228,7 +228,8 @@ def save_lora_fallback(unet, folder: Path, metadata: dict) -> dict[str, Path]:
 
 def load_lora_fallback(bundle, folder: str | os.PathLike):
     """Apply a peft adapter written by :func:`save_lora_fallback` to ``bundle``'s UNet and merge it, in place:
-    the toy LoRAs ship as small adapters over the toy inpainting model. Returns the bundle."""
+    the toy LoRAs ship as small adapters over their base (removal: the toy inpainting model; background: the
+    default model). Returns the bundle."""
     from peft import LoraConfig
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -237,7 +238,7 @@ def load_lora_fallback(bundle, folder: str | os.PathLike):
     weights, config_file = folder / "adapter_model.safetensors", folder / "adapter_config.json"
     if not weights.is_file() or not config_file.is_file():
         raise ConfigError(f"{folder} holds no peft adapter (adapter_model.safetensors + adapter_config.json); "
-                          "train one with `python -m segdrop.training removal --lora_rank R`")
+                          "train one with `python -m segdrop.training removal --lora_rank R` (or `background --lora_rank R`)")
     config = json.loads(config_file.read_text())
     known = set(LoraConfig.__dataclass_fields__)
     bundle.unet.add_adapter(LoraConfig(**{k: v for k, v in config.items() if k in known}))
