@@ -2,20 +2,25 @@
 
 ComfyUI's template browser shows ``<pack>/workflows/<name>.jpg`` on the card of ``<name>.json`` (a 256x256 box,
 image scaled to fit). The pictures are what each workflow computes, run through segdrop's Python API on held-out
-toy-world scenes with the shipped default model (the same methods as the nodes; the same scenes and seed as
-``python -m segdrop demo``):
+toy-world scenes (the same scenes and seed as ``python -m segdrop demo``) with the shipped default model and the
+committed toy models (``models/toy_background`` = m′, ``models/toy_removal``), the same methods as the nodes:
 
 * foreground_mask: input | object-name cross-attention (concept distillation, t0 = 40) | GMM-binarised mask;
 * zero_shot_segmentation: input | DiffSeg segments (KL merge of self-attention at t = 300) | segments over input.
   The toy model's attention is flatter than Stable Diffusion's, so tau = 0.1 (the demo's choice on validation
   scenes) stands in for the paper's 1.1.
-* foreground_refine: input | M_pre (as foreground_mask) | background | refined mask (``segment.refine``). No
-  background model m′ ships, so the background is the toy world's exact counterfactual (an ideal m′'s output).
-* distillation_guidance: an illustration, not a model's output: a scene (y_f) and its background (y_b), the two
-  concepts the guidance pulls between (it needs m′; the toy default model is no usable text-to-image generator).
+* foreground_refine: input | M_pre (the default model's attention, GMM, nearest-upsampled) | the background m′
+  paints into M_pre (y_b = "", 50 DDIM steps) | refined mask (M_pre AND the pixels that changed);
+* distillation_guidance: two samples of m′ from the same seed with y_f = the first held-out test caption
+  ("a photo of a purple circle") and y_b = "": guidance s = 3 (towards the object) and s = -1 (towards the
+  background);
+* object_removal: input | object mask | the toy ObjectDrop model's removal (50 DDIM steps, pasted inside the
+  effect-aware mask) | the toy world's true counterfactual, on the first held-out removal scene with both a
+  shadow and a reflection.
 
-Run ``python workflows/build_thumbnails.py`` (about a minute on a CPU). Tests check each file exists, is a JPEG
-and stays under 50 KB.
+The toy models are small and trained briefly, so their samples are rough (grainy, stray blobs, faint leftovers);
+the cards show them as they are. Run ``python workflows/build_thumbnails.py [NAME ...]`` (all cards: a few
+minutes on a CPU; names pick cards). Tests check each file exists, is a JPEG and stays under 50 KB.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 SEED = 2024  # the demo's
 SCENES = {"foreground_mask": (0, 3), "zero_shot_segmentation": (0, 1)}  # held-out test scenes shown on each card
+GUIDANCE_SCENE = 0  # the held-out test scene whose caption is y_f on distillation_guidance (the first)
+GUIDANCE_SCALES = (3.0, -1.0)  # s: towards the object, towards the background
 THUMBNAIL_TAU = 0.1
 SIZE = 512
 MARGIN, GAP = 14, 8
@@ -39,8 +46,13 @@ TITLES = {
     "foreground_refine": ("Refined mask", "concept distillation: M_pre AND changed",
                           ("image", "M_pre", "inpaint", "refined")),
     "distillation_guidance": ("Distillation guidance", "KSampler: + y_f, - y_b, cfg = s",
-                              ("y_f: object", "y_b: background")),
+                              (f"s = {GUIDANCE_SCALES[0]:g}: object", f"s = {GUIDANCE_SCALES[1]:g}: background")),
+    "object_removal": ("Object removal", "ObjectDrop: object + shadow out",
+                       ("image", "mask", "removed", "truth")),
 }
+SIDE_BY_SIDE = {"distillation_guidance": {1}, "object_removal": {3}}
+"""Columns that are a comparison, not the next step (drawn without the arrow before them)."""
+CARDS = (*SCENES, "foreground_refine", "distillation_guidance", "object_removal")
 
 
 def _tiles(name: str, bundle, items) -> list[list[np.ndarray]]:
@@ -69,59 +81,123 @@ def _tiles(name: str, bundle, items) -> list[list[np.ndarray]]:
     return [[images[k].numpy(), colours[k].numpy(), blended[k].numpy()] for k in range(len(items))]
 
 
-def refine_tiles(bundle, items) -> list[list[np.ndarray]]:
-    """foreground_refine: input | M_pre (the toy model's attention, GMM) | background | refined M.
+def refine_tiles(bundle, m_prime, items) -> list[list[np.ndarray]]:
+    """foreground_refine: input | M_pre | m′'s background | refined M, computed as the pipeline computes them.
 
-    No background model m′ ships with the pack, so the background column is the toy world's exact
-    counterfactual (the scene without its objects and their effects): what an ideal m′ would paint. The refined
-    mask is ``segment.refine.refine_mask`` on it, as Background Inpaint Refine computes it."""
-    from segdrop.demo.protocol import PANEL_CHOICE, EvalSettings, foreground_masks
-    from segdrop.segment.refine import refine_mask
+    M_pre is ``distill.pipeline.preliminary_masks`` with the capture model ``bundle`` (the shipped default model;
+    the caption's object words summed, T0 = 40, GMM) at its latent grid, nearest-upsampled for display. The
+    background is ``distill.pipeline.refine``'s inpainting of M_pre by m′ (``models/toy_background``) with y_b = ""
+    (the toy vocabulary has no "background"), 50 DDIM steps, eta 0, seed ``SEED + row``; the refined mask is
+    up(M_pre) AND the pixels that changed (``segment.refine.refine_mask``), as Background Inpaint Refine computes
+    it."""
+    from segdrop.demo.protocol import EvalSettings
+    from segdrop.demo.refinement import TOY_BACKGROUND_PROMPT
+    from segdrop.distill.pipeline import preliminary_masks, refine
+    from segdrop.segment import resize_mask
 
-    prelim, _ = foreground_masks(bundle, items, EvalSettings(seed=SEED))[PANEL_CHOICE]
-    rows = []
-    for item, mask in zip(items, prelim):
-        image = np.asarray(item.rgb, np.float32)
-        background = np.asarray(item.counterfactual, np.float32)
-        refined = refine_mask(image, background, mask.astype(bool))
-        rows.append([image, np.repeat(mask[..., None], 3, -1).astype(np.float32), background,
-                     np.repeat(refined[..., None], 3, -1).astype(np.float32)])
-    return rows
-
-
-def guidance_tiles(items) -> list[list[np.ndarray]]:
-    """distillation_guidance, one row (two columns fill the card's width): the two concepts the guidance pulls
-    between, y_f (the scene with its object) and y_b (the same scene's background: the toy world's exact
-    counterfactual). An illustration of what the workflow is for, not a model's output: it needs m′, and the toy
-    default model is no usable text-to-image generator."""
-    return [[np.asarray(item.rgb, np.float32), np.asarray(item.counterfactual, np.float32)] for item in items[:1]]
+    images = np.stack([_uint8(item.rgb) for item in items])
+    prelim = preliminary_masks(bundle, images, [item.caption for item in items], settings=EvalSettings(seed=SEED))
+    refined, background, _ = refine(m_prime, images, prelim, prompt=TOY_BACKGROUND_PROMPT, steps=50,
+                                     seed=[SEED + k for k in range(len(items))])
+    shown = resize_mask(torch.from_numpy(prelim), tuple(images.shape[1:3])).numpy()
+    return [[image / 255, _grey(mask), pixels / 255, _grey(mask_refined)]
+            for image, mask, pixels, mask_refined in zip(images.astype(np.float32), shown,
+                                                          background.astype(np.float32), refined)]
 
 
-def write_concept_distillation(folder: Path = HERE, bundle=None) -> list[Path]:
-    """``foreground_refine.jpg`` and ``distillation_guidance.jpg`` (see refine_tiles and guidance_tiles)."""
-    from segdrop.demo.job import DEFAULT_MODEL, toyworld_scenes
+def guidance_tiles(m_prime, caption: str) -> list[list[np.ndarray]]:
+    """distillation_guidance, one row (two columns fill the card's width): two samples of m′
+    (``models/toy_background``) by ``distill.sampling.distillation_sample`` with y_f = ``caption``, y_b = "",
+    50 DDIM steps, eta 0 and the same seed (``SEED``, so the same x_T): s = 3 pulls towards the object, s = -1
+    towards the background."""
+    from segdrop.distill.sampling import distillation_sample
+
+    return [[distillation_sample(m_prime, [caption], negative_prompt="", guidance=s, steps=50, seed=SEED)[0]
+             .astype(np.float32) / 255 for s in GUIDANCE_SCALES]]
+
+
+def removal_scene(count: int = 16):
+    """The object_removal card's scene: the first held-out "removal" scene (seed ``SEED``, 64 px) with both a
+    shadow and a reflection."""
+    from segdrop.demo.job import toyworld_scenes
+
+    for item in toyworld_scenes("removal", count, SEED, 64):
+        if all(mask is not None and mask.any() for mask in (item.shadow_mask, item.reflection_mask)):
+            return item
+    raise RuntimeError(f"None of the first {count} removal scenes has both a shadow and a reflection.")
+
+
+def removal_tiles(item) -> list[list[np.ndarray]]:
+    """object_removal: input | object mask (all objects' visible pixels, as a user draws it) | ObjectDrop's
+    removal | the toy world's true counterfactual.
+
+    The removal is the committed toy ObjectDrop model (``models/toy_removal``, concat-conditioned) through
+    ``demo.removal.sampled_remover``: 50 DDIM steps, seed ``SEED``, the image unmasked in the conditioning, the
+    output pasted back inside the effect-aware mask (object ∪ changed region, grown, feathered) as ObjectDropRemove
+    does, with the demo's 64-px effect options (``TOY_EFFECT_OPTIONS``)."""
+    from segdrop.demo.job import DEFAULT_MODEL
+    from segdrop.demo.removal import TOY_EFFECT_OPTIONS, sampled_remover
     from segdrop.training.bundle import load_bundle
 
-    bundle = bundle or load_bundle(DEFAULT_MODEL)
-    picked = SCENES["foreground_mask"]
-    scenes = toyworld_scenes("test", 1 + max(picked), SEED, int(bundle.image_size))
-    items = [scenes[i] for i in picked]
+    remover = sampled_remover(load_bundle(DEFAULT_MODEL.parent / "toy_removal"), gray_masked=False,
+                              composite="effects", effect_options=TOY_EFFECT_OPTIONS, steps=50, seed=SEED)
+    image = _uint8(item.rgb)
+    removed = remover(image[None], item.foreground[None])[0]
+    truth = _uint8(item.counterfactual)
+    return [[image / 255, _grey(item.foreground), removed.astype(np.float32) / 255, truth / 255]]
+
+
+def _uint8(picture) -> np.ndarray:
+    picture = np.asarray(picture)
+    return picture if picture.dtype == np.uint8 else np.rint(np.asarray(picture, np.float32) * 255).astype(np.uint8)
+
+
+def _grey(mask) -> np.ndarray:
+    return np.repeat(np.asarray(mask, np.float32)[..., None], 3, -1)
+
+
+def _save(card, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.jpg"
+    card.save(path, quality=85, optimize=True, progressive=True)
+    return path
+
+
+def write_concept_distillation(folder: Path = HERE, bundle=None,
+                               names: tuple[str, ...] = ("foreground_refine", "distillation_guidance")) -> list[Path]:
+    """``foreground_refine.jpg`` and ``distillation_guidance.jpg`` (see refine_tiles and guidance_tiles)."""
+    from segdrop.demo.job import DEFAULT_MODEL, toyworld_scenes
+    from segdrop.demo.refinement import M_PRIME
+    from segdrop.training.bundle import load_bundle
+
+    m_prime = load_bundle(DEFAULT_MODEL.parent / M_PRIME)
+    scenes = toyworld_scenes("test", 1 + max(SCENES["foreground_mask"]), SEED, int(m_prime.image_size))
     written = []
-    for name, tiles in (("foreground_refine", lambda: refine_tiles(bundle, items)),
-                        ("distillation_guidance", lambda: guidance_tiles(items))):
+    if "foreground_refine" in names:
+        bundle = bundle or load_bundle(DEFAULT_MODEL)
         torch.manual_seed(SEED)
-        card = draw_card(name, tiles())
-        path = folder / f"{name}.jpg"
-        card.save(path, quality=85, optimize=True, progressive=True)
-        written.append(path)
+        rows = refine_tiles(bundle, m_prime, [scenes[i] for i in SCENES["foreground_mask"]])
+        written.append(_save(draw_card("foreground_refine", rows), folder, "foreground_refine"))
+    if "distillation_guidance" in names:
+        caption = scenes[GUIDANCE_SCENE].caption
+        card = draw_card("distillation_guidance", guidance_tiles(m_prime, caption),
+                         subtitle=f'y_f "{caption}", y_b ""')
+        written.append(_save(card, folder, "distillation_guidance"))
     return written
 
 
-def draw_card(name: str, rows: list[list[np.ndarray]]):
-    """A square picture: title, column labels, then the rows of tiles (nearest-neighbour upscaled)."""
+def write_object_removal(folder: Path = HERE) -> Path:
+    """``object_removal.jpg`` (see removal_tiles and removal_scene)."""
+    torch.manual_seed(SEED)
+    return _save(draw_card("object_removal", removal_tiles(removal_scene())), folder, "object_removal")
+
+
+def draw_card(name: str, rows: list[list[np.ndarray]], subtitle: str | None = None):
+    """A square picture: title, subtitle (default ``TITLES[name]``'s), column labels, then the rows of tiles
+    (nearest-neighbour upscaled)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    title, subtitle, labels = TITLES[name]
+    title, default_subtitle, labels = TITLES[name]
+    subtitle = default_subtitle if subtitle is None else subtitle
     columns = len(rows[0])
     tile = (SIZE - 2 * MARGIN - (columns - 1) * GAP) // columns
     title_font, label_font, small_font = (ImageFont.load_default(size=s) for s in (34, 20, 16))
@@ -136,7 +212,7 @@ def draw_card(name: str, rows: list[list[np.ndarray]]):
     for c, label in enumerate(labels):
         x = left + c * (tile + GAP) + tile // 2
         draw.text((x, top - 8), label, font=label_font, fill=MUTED, anchor="ms")
-        if c:  # a small arrow between columns (the default font has no arrow glyph)
+        if c and c not in SIDE_BY_SIDE.get(name, ()):  # an arrow between steps (the default font has no arrow glyph)
             ax, ay = x - tile // 2 - GAP // 2, top - 15
             draw.polygon([(ax - 5, ay - 6), (ax + 5, ay), (ax - 5, ay + 6)], fill=MUTED)
     for r, row in enumerate(rows):
@@ -147,25 +223,37 @@ def draw_card(name: str, rows: list[list[np.ndarray]]):
     return card
 
 
-def write_all(folder: Path = HERE) -> list[Path]:
+def write_all(folder: Path = HERE, names: tuple[str, ...] = CARDS) -> list[Path]:
+    """Draw the cards in ``names`` (default: all) into ``folder``."""
     from segdrop.demo.job import DEFAULT_MODEL, toyworld_scenes
     from segdrop.training.bundle import load_bundle
 
+    unknown = sorted(set(names) - set(CARDS))
+    if unknown:
+        raise ValueError(f"No thumbnail {unknown}; the cards are {list(CARDS)}.")
     torch.manual_seed(SEED)
     bundle = load_bundle(DEFAULT_MODEL)
     size = int(bundle.image_size)
     scenes = toyworld_scenes("test", 1 + max(max(v) for v in SCENES.values()), SEED, size)
     written = []
     for name, picked in SCENES.items():
+        if name not in names:
+            continue
         torch.manual_seed(SEED)
         card = draw_card(name, _tiles(name, bundle, [scenes[i] for i in picked]))
-        path = folder / f"{name}.jpg"
-        card.save(path, quality=85, optimize=True, progressive=True)
-        written.append(path)
-    written += write_concept_distillation(folder, bundle)
+        written.append(_save(card, folder, name))
+    distillation = tuple(n for n in ("foreground_refine", "distillation_guidance") if n in names)
+    if distillation:
+        written += write_concept_distillation(folder, bundle, distillation)
+    if "object_removal" in names:
+        written.append(write_object_removal(folder))
     return written
 
 
 if __name__ == "__main__":
-    for path in write_all():
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Draw the template browser's thumbnails (workflows/<name>.jpg).")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"cards to draw (default: all): {', '.join(CARDS)}")
+    for path in write_all(names=tuple(parser.parse_args().names) or CARDS):
         print(path, path.stat().st_size, "bytes")

@@ -361,31 +361,15 @@ THUMBNAIL_SCENE = 2  # toy-world seed of the thumbnail scene: one object on a fl
 
 
 def write_object_removal_thumbnail(folder: Path = HERE) -> Path:
-    """``object_removal.jpg``: a toy-world scene (an object with its shadow/reflection), its object mask, the
-    effect-aware composite mask (``segdrop.removal.effect_mask`` between the scene and its exact counterfactual)
-    and the toy world's ground-truth counterfactual (the object and its effects removed). It shows what the
-    workflow is for; it is not a model's output (no removal LoRA ships with the pack)."""
+    """``object_removal.jpg``: real output of the committed toy ObjectDrop model (``models/toy_removal``) on a
+    held-out removal scene with a shadow and a reflection: input | object mask | removal | true counterfactual.
+    Drawn by ``build_thumbnails.write_object_removal`` (see ``removal_tiles`` there), with the other cards."""
     import importlib.util
 
-    import torch
-
-    from segdrop.removal import effect_mask
-    from segdrop.toyworld import make_scene
-
-    spec = importlib.util.spec_from_file_location("segdrop_build_thumbnails", folder / "build_thumbnails.py")
+    spec = importlib.util.spec_from_file_location("segdrop_build_thumbnails", HERE / "build_thumbnails.py")
     thumbs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(thumbs)
-    thumbs.TITLES["object_removal"] = ("Object removal", "ObjectDrop: object + shadow out",
-                                       ("image", "masks", "removed"))
-    scene = make_scene(THUMBNAIL_SCENE, 96, n_objects=1)
-    image, clean = torch.as_tensor(scene.image), torch.as_tensor(scene.counterfactual)
-    composite = effect_mask(image, clean, torch.as_tensor(scene.object_mask).float(), grow=1, feather=1)
-    shown = composite[..., None] * torch.tensor([1.0, 0.3, 0.3])  # red: the effect-aware composite mask
-    shown[torch.as_tensor(scene.object_mask)] = 1.0  # white: the object mask inside it
-    card = thumbs.draw_card("object_removal", [[image.numpy(), shown.numpy(), clean.numpy()]])
-    path = folder / "object_removal.jpg"
-    card.save(path, quality=85, optimize=True, progressive=True)
-    return path
+    return thumbs.write_object_removal(folder)
 
 
 if __name__ == "__main__":
