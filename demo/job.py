@@ -88,9 +88,9 @@ def run_demo(config: DemoConfig) -> dict:
     results = run_evaluation(bundle, test, validation, config.settings, config.out, config.panels,
                              config.localization, header)
     if config.refinement:
-        results["refinement"] = run_refinement(config, bundle)
+        results.update(section_results("refinement", run_refinement(config, bundle)))
     if config.removal:
-        results["removal"] = run_removal(config)
+        results.update(section_results("removal", run_removal(config)))
     if config.refinement or config.removal:
         results["seconds"] = round(time.perf_counter() - started, 1)
         (config.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
@@ -102,6 +102,14 @@ def run_demo(config: DemoConfig) -> dict:
 
         Image.fromarray(sample_grid(bundle)).save(config.samples)
     return results
+
+
+def section_results(name: str, section: dict) -> dict:
+    """``{name: {row: scores}, name_settings: {scenes, steps}}`` (``{name_settings: {skipped}}`` when skipped): the
+    rows at ``results[name]`` as the README documents them, the run's settings beside them."""
+    rows = section.get("rows")
+    settings = {key: value for key, value in section.items() if key != "rows"}
+    return ({name: rows} if rows is not None else {}) | {f"{name}_settings": settings}
 
 
 def run_refinement(config: DemoConfig, capture_bundle) -> dict:
@@ -124,7 +132,7 @@ def run_refinement(config: DemoConfig, capture_bundle) -> dict:
 
 def run_removal(config: DemoConfig) -> dict:
     """The removal table on held-out toy-world scenes with true counterfactuals; writes removal panels."""
-    from .removal import TOY_MODELS, evaluate_removal, toy_removers
+    from .removal import TOY_EFFECT_OPTIONS, TOY_MODELS, evaluate_removal, toy_removers
 
     missing = [name for name in TOY_MODELS if not (config.removal_models / name).is_dir()]
     if missing:
@@ -138,7 +146,7 @@ def run_removal(config: DemoConfig) -> dict:
     with tqdm(total=6 * len(items), desc="evaluate: object removal", unit="image") as bar:
         table, outputs = evaluate_removal(toy_removers(config.removal_models, config.removal_steps,
                                                        config.settings.seed), items, progress=bar.update)
-    write_removal_panels(config.out, items[: config.panels], outputs)
+    write_removal_panels(config.out, items[: config.panels], outputs, TOY_EFFECT_OPTIONS)
     return {"scenes": len(items), "steps": config.removal_steps, "rows": table}
 
 

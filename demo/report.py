@@ -43,16 +43,25 @@ def write_panels(
     return paths
 
 
-def write_removal_panels(out: Path, items: Sequence[LabelledImage], outputs: dict[str, list]) -> list[Path]:
-    """One PNG per scene: image | object mask | inpainting | ObjectDrop | true counterfactual."""
+def write_removal_panels(out: Path, items: Sequence[LabelledImage], outputs: dict[str, list],
+                         effect_options: dict | None = None) -> list[Path]:
+    """One PNG per scene: image | object mask | inpainting | ObjectDrop | its effect mask | true counterfactual.
+
+    The effect mask is ``removal.effect_mask`` of the image and ObjectDrop's output with ``effect_options`` (the
+    ones its composite used), computed again here: the composite mask ObjectDrop pasted through."""
     from PIL import Image
+
+    from ..removal.effect_mask import effect_mask
 
     paths = []
     for index, item in enumerate(items):
         h, w = item.size
         mask = np.repeat(item.foreground[..., None], 3, axis=-1).astype(np.float32)
-        tiles = [item.rgb, mask, outputs["inpaint"][index] / 255.0, outputs["objectdrop"][index] / 255.0,
-                 as_float_image(item.counterfactual)]
+        removed = outputs["objectdrop"][index] / 255.0
+        effects = effect_mask(torch.from_numpy(item.rgb.astype(np.float32)), torch.from_numpy(removed.astype(np.float32)),
+                              torch.from_numpy(item.foreground).float(), **(effect_options or {})).numpy()
+        tiles = [item.rgb, mask, outputs["inpaint"][index] / 255.0, removed,
+                 np.repeat(effects[..., None], 3, axis=-1), as_float_image(item.counterfactual)]
         gap = np.ones((h, 2, 3), np.float32)
         row = np.concatenate([t for tile in tiles for t in (np.asarray(tile, np.float32), gap)][:-1], axis=1)
         scale = max(1, 256 // h)
@@ -85,11 +94,11 @@ def write_refinement_panels(out: Path, items: Sequence[LabelledImage], pictures:
     return paths
 
 
-def refinement_markdown(refinement: dict) -> list[str]:
-    if "skipped" in refinement:
-        return ["## Concept distillation stages", "", f"Skipped: {refinement['skipped']}.", ""]
+def refinement_markdown(rows: dict | None, settings: dict) -> list[str]:
+    if rows is None:
+        return ["## Concept distillation stages", "", f"Skipped: {settings.get('skipped', 'not run')}.", ""]
     return [
-        f"## Concept distillation stages ({refinement['scenes']} held-out scenes, {refinement['steps']} DDIM steps "
+        f"## Concept distillation stages ({settings['scenes']} held-out scenes, {settings['steps']} DDIM steps "
         "of background inpainting)",
         "",
         "Foreground IoU with the union of object masks: pooled over all pixels (the paper's metric) and the mean of "
@@ -97,7 +106,7 @@ def refinement_markdown(refinement: dict) -> list[str]:
         "",
         "| row | IoU pooled | IoU per-image mean |",
         "| --- | --- | --- |",
-        *[f"| {name} | {r['iou_pooled']:.3f} | {r['iou_mean']:.3f} |" for name, r in refinement["rows"].items()],
+        *[f"| {name} | {r['iou_pooled']:.3f} | {r['iou_mean']:.3f} |" for name, r in rows.items()],
         "",
         "Refinement panels: image | M_pre | background inpainting by m′ | difference |x − x̂| | refined M | "
         "segmenter trained on D′ | truth.",
@@ -105,15 +114,15 @@ def refinement_markdown(refinement: dict) -> list[str]:
     ]
 
 
-def removal_markdown(removal: dict) -> list[str]:
-    if "skipped" in removal:
-        return ["## Object removal", "", f"Skipped: {removal['skipped']}.", ""]
+def removal_markdown(rows: dict | None, settings: dict) -> list[str]:
+    if rows is None:
+        return ["## Object removal", "", f"Skipped: {settings.get('skipped', 'not run')}.", ""]
 
     def cell(value):
         return "n/a" if value is None else f"{value:.2f}"
 
     return [
-        f"## Object removal ({removal['scenes']} held-out scenes with true counterfactuals, {removal['steps']} DDIM steps)",
+        f"## Object removal ({settings['scenes']} held-out scenes with true counterfactuals, {settings['steps']} DDIM steps)",
         "",
         "PSNR in dB against the true counterfactual; effect error removed = share of the shadow/reflection error "
         "(vs the input) that is gone.",
@@ -121,9 +130,9 @@ def removal_markdown(removal: dict) -> list[str]:
         "| row | PSNR | object | shadow | reflection | effect error removed |",
         "| --- | --- | --- | --- | --- | --- |",
         *[f"| {name} | {cell(r['psnr'])} | {cell(r['psnr_object'])} | {cell(r['psnr_shadow'])} | "
-          f"{cell(r['psnr_reflection'])} | {cell(r['effect_error_removed'])} |" for name, r in removal["rows"].items()],
+          f"{cell(r['psnr_reflection'])} | {cell(r['effect_error_removed'])} |" for name, r in rows.items()],
         "",
-        "Removal panels: image | object mask | inpainting | ObjectDrop | true counterfactual.",
+        "Removal panels: image | object mask | inpainting | ObjectDrop | ObjectDrop's effect mask | true counterfactual.",
         "",
     ]
 
@@ -153,10 +162,10 @@ def results_markdown(results: dict) -> str:
         f"the {PANEL_CHOICE} | its GMM mask | DiffSeg segments | ground truth.",
         "",
     ]
-    if "refinement" in results:
-        lines += refinement_markdown(results["refinement"])
-    if "removal" in results:
-        lines += removal_markdown(results["removal"])
+    if "refinement_settings" in results:
+        lines += refinement_markdown(results.get("refinement"), results["refinement_settings"])
+    if "removal_settings" in results:
+        lines += removal_markdown(results.get("removal"), results["removal_settings"])
     if "word_localization" in results:
         lines += [
             "## Word localization (top-|mask| IoU and pointing of single words' cross-attention)",

@@ -57,7 +57,9 @@ def test_refinement_rows_run_and_the_demo_reports_them(toy_models, tmp_path):
                             panels=1, settings=EvalSettings(t0=2, tau_candidates=(1.1,)), removal=False,
                             refinement_scenes=2, refinement_steps=2, refinement_models=toy_models)
     results = job.run_demo(config)
-    assert set(results["refinement"]["rows"]) == {"prelim", "refined", *SEGMENTER_ROWS}
+    assert set(results["refinement"]) == {"prelim", "refined", *SEGMENTER_ROWS}
+    assert set(results["refinement"]["refined"]) == {"iou_pooled", "iou_mean"}
+    assert results["refinement_settings"] == {"scenes": 2, "steps": 2}
     assert (tmp_path / "out" / "refinement_00.png").exists()
     assert "Concept distillation stages" in (tmp_path / "out" / "results.md").read_text()
 

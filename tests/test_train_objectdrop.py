@@ -338,7 +338,7 @@ def test_the_removal_table_rows_run_on_recipe_models(tmp_path, inpaint_model, to
     with pytest.raises(FileNotFoundError, match="toy removal models"):
         toy_removers(tmp_path / "nowhere")
 
-    from segdrop.demo.job import DemoConfig, run_removal
+    from segdrop.demo.job import DemoConfig, run_removal, section_results
     from segdrop.demo.report import removal_markdown
 
     config = DemoConfig(out=tmp_path / "demo", removal_models=models, removal_scenes=2, removal_steps=2, panels=1)
@@ -346,9 +346,13 @@ def test_the_removal_table_rows_run_on_recipe_models(tmp_path, inpaint_model, to
     removal = run_removal(config)
     assert removal["scenes"] == 2 and set(removal["rows"]) == set(table)
     assert (config.out / "removal_00.png").is_file() and not (config.out / "removal_01.png").exists()
-    assert "| objectdrop_grayed |" in "\n".join(removal_markdown(removal))
-    skipped = run_removal(DemoConfig(out=config.out, removal_models=tmp_path / "nowhere"))
-    assert "toy_inpaint" in skipped["skipped"] and "Skipped" in "\n".join(removal_markdown(skipped))
+    flat = section_results("removal", removal)  # results.json: removal = {row: scores}, removal_settings beside it
+    assert set(flat["removal"]) == set(table) and set(flat["removal"]["objectdrop"]) == set(table["objectdrop"])
+    assert flat["removal_settings"] == {"scenes": 2, "steps": 2}
+    assert "| objectdrop_grayed |" in "\n".join(removal_markdown(flat["removal"], flat["removal_settings"]))
+    skipped = section_results("removal", run_removal(DemoConfig(out=config.out, removal_models=tmp_path / "nowhere")))
+    assert "removal" not in skipped and "toy_inpaint" in skipped["removal_settings"]["skipped"]
+    assert "Skipped" in "\n".join(removal_markdown(None, skipped["removal_settings"]))
 
 
 def test_conv_in_can_learn_faster_than_the_body(t2i):
