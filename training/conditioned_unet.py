@@ -17,7 +17,7 @@ for SD's 4-channel VAE, 25 for the toy pixel-unshuffle codec's 12. ``out_channel
   encoding: diffusers' ``image * (mask < 0.5)`` on [-1, 1] images and ComfyUI's ``InpaintModelConditioning`` both
   give 0.5 grey. ObjectDrop does NOT gray out: the factual image is encoded as it is.
 * ``conditioned_sample``: DDIM (eta 0) with that conditioning; ``gray_masked=True`` is the inpainting baseline,
-  ``False`` is ObjectDrop removal.
+  ``False`` is ObjectDrop removal. SDXL bundles also get their ``added_cond_kwargs`` (pooled prompt, time ids).
 """
 
 from __future__ import annotations
@@ -162,19 +162,23 @@ def conditioned_sample(bundle, images: np.ndarray, masks: np.ndarray, *, prompt:
     cond = codec.encode(pixels).to(device, dtype)
     m = latent_mask(mask_px, codec.factor).to(device, dtype)
     hidden = bundle.encode_prompt([prompt] * b).to(device, dtype)
+    added = bundle.added_cond_kwargs([prompt] * b)  # SDXL: pooled text + time ids; None otherwise
     use_cfg = float(guidance) != 1.0
     if use_cfg:
         hidden = torch.cat([hidden, bundle.encode_prompt([""] * b).to(device, dtype)])
+        if added is not None:
+            added = {k: torch.cat([v, bundle.added_cond_kwargs([""] * b)[k]]) for k, v in added.items()}
+    extra = {} if added is None else {"added_cond_kwargs": {k: v.to(device, dtype) for k, v in added.items()}}
     generator = torch.Generator().manual_seed(int(seed))
     x = torch.randn(b, codec.latent_channels, *cond.shape[-2:], generator=generator).to(device, dtype)
     x = x * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         inp = unet_input(scheduler.scale_model_input(x, t), m, cond)
         if use_cfg:
-            eps_c, eps_u = unet(torch.cat([inp, inp]), t, hidden).sample.chunk(2)
+            eps_c, eps_u = unet(torch.cat([inp, inp]), t, hidden, **extra).sample.chunk(2)
             eps = eps_u + float(guidance) * (eps_c - eps_u)
         else:
-            eps = unet(inp, t, hidden).sample
+            eps = unet(inp, t, hidden, **extra).sample
         x = scheduler.step(eps, t, x, eta=0.0).prev_sample
     out = codec.decode(x.float()).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return np.rint(out * 255.0).astype(np.uint8)

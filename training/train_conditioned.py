@@ -112,17 +112,25 @@ def training_objective(noise_scheduler, latents, noise, timesteps):
     return noise
 
 
-def load_base(path: str):
-    """The base bundle in float32 (training precision); a missing or unloadable folder is a ``ConfigError``."""
+def load_base(path: str, allow_sdxl: bool = False, config: str | None = None):
+    """The base bundle in float32 (training precision); a missing or unloadable folder is a ``ConfigError``.
+    UNets with added conditioning are refused unless ``allow_sdxl`` (the removal recipe) and the bundle is an SDXL
+    one whose ``added_cond_kwargs`` fit the UNet (``ModelBundle.added_cond_problem``). ``path`` may be a single-file
+    SD1.x ``.safetensors`` checkpoint, with ``config`` the diffusers folder of its configs and tokenizer
+    (``bundle.load_single_file_bundle``)."""
     from .bundle import BundleError, load_bundle
 
     try:
-        bundle = load_bundle(path)
+        bundle = load_bundle(path, config=config)
     except BundleError as error:
         raise ConfigError(f"--base {path}: {error}") from None
-    if getattr(bundle.unet.config, "addition_embed_type", None):
-        raise ConfigError(f"--base {path}: the UNet needs added conditioning ({bundle.unet.config.addition_embed_type!r}, "
-                          "an SDXL-style model); only SD1.x-style and SegDrop bundles are supported today")
+    kind = getattr(bundle.unet.config, "addition_embed_type", None)
+    if kind and not allow_sdxl:
+        raise ConfigError(f"--base {path}: the UNet needs added conditioning ({kind!r}, an SDXL-style model); this "
+                          "recipe supports SD1.x-style and SegDrop bundles only (`removal` also takes SDXL inpainting)")
+    problem = bundle.added_cond_problem()
+    if problem is not None:
+        raise ConfigError(f"--base {path}: {problem}")
     return bundle.to(torch.float32)
 
 
@@ -154,6 +162,7 @@ class Recipe:
     hidden: torch.Tensor  # (P, L, D) encoded prompts, from the frozen text encoder
     draw: Callable[[torch.Generator, int], Batch]  # (step generator, global batch size) -> global batch
     export: Callable[[Any, dict], None]  # (trained unwrapped unet, run info) -> writes the outputs (main process)
+    added: dict[str, torch.Tensor] | None = None  # SDXL added_cond_kwargs tables, rows parallel to ``hidden``
 
 
 def parameter_groups(unet, params: list, lr: float, conv_in_lr_scale: float) -> list[dict]:
@@ -191,6 +200,7 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
 
     device = accelerator.device
     hidden_table = recipe.hidden.to(device)
+    added_table = None if recipe.added is None else {k: v.to(device) for k, v in recipe.added.items()}
     unet.train()
     if is_main:
         log.open()
@@ -210,8 +220,10 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
                 cond = codec.encode(batch.cond.to(device)).float().cpu()
             noisy = scheduler.add_noise(target, noise, timesteps)
             inp = unet_input(noisy, latent_mask(batch.mask, codec.factor), cond).to(device)
+            rows = batch.hidden_index.to(device)
+            extra = {} if added_table is None else {"added_cond_kwargs": {k: v[rows] for k, v in added_table.items()}}
             with accelerator.autocast():
-                pred = unet(inp, timesteps.to(device), hidden_table[batch.hidden_index.to(device)]).sample
+                pred = unet(inp, timesteps.to(device), hidden_table[rows], **extra).sample
             objective = training_objective(scheduler, target, noise, timesteps)
             runner.update(runner.loss(pred, objective.to(device), timesteps), recipe.params)
             step += 1
@@ -251,15 +263,17 @@ def save_derived_bundle(bundle, unet, info: dict, folder: Path, save_dtype: str)
     """``save_bundle`` of ``bundle`` with ``unet`` swapped in, in ``save_dtype`` (auto: float32 up to 20 MB)."""
     from .bundle import ModelBundle, save_bundle
 
-    te = bundle.text_encoder
+    te, te2 = bundle.text_encoder, bundle.text_encoder_2
     if save_dtype == "auto":
-        mb = sum(p.numel() for m in (unet, te) for p in m.parameters()) * 4 / 1e6
+        mb = sum(p.numel() for m in (unet, te, te2) if m is not None for p in m.parameters()) * 4 / 1e6
         save_dtype = "float32" if mb <= 20 else "float16"
     if save_dtype == "float16":  # copies: the caller's float32 UNet stays usable (e.g. for the single-file export)
         unet, te = copy.deepcopy(unet).to(torch.float16), copy.deepcopy(te).to(torch.float16)
+        te2 = None if te2 is None else copy.deepcopy(te2).to(torch.float16)
     info = {**info, "weights_dtype": save_dtype, "prediction_type": bundle.scheduler.config.prediction_type}
     dumps_strict(info, default=str)  # refuse NaN/inf in the model card before anything is written
-    derived = ModelBundle(unet, te, bundle.tokenizer, bundle.scheduler, bundle.codec, bundle.image_size, info)
+    derived = ModelBundle(unet, te, bundle.tokenizer, bundle.scheduler, bundle.codec, bundle.image_size, info,
+                          te2, bundle.tokenizer_2)
     return save_bundle(derived, folder)
 
 

@@ -3,10 +3,26 @@
     python -m segdrop.training removal --config training/configs/toy_removal.toml --base out/toy_inpaint/model
     python -m segdrop.training removal --config training/configs/toy_removal_lora.toml --base out/toy_inpaint/model
     python -m segdrop.training removal --base path/to/sd15-inpainting --data_dir photos/ --lora_rank 16
+    python -m segdrop.training removal --base ComfyUI/models/checkpoints/sd-v1-5-inpainting.safetensors \
+        --base_config path/to/sd15-inpainting-configs --data_dir photos/ --lora_rank 16
 
-Base: a concat-conditioned model with 2C+1 input channels: a toy one from ``python -m segdrop.training inpaint`` or
-a diffusers SD1.x inpainting folder (``model_index.json``, 9-channel UNet + VAE). SDXL inpainting (added
-conditioning) and single-file ``.safetensors`` checkpoints (``from_single_file``) are not supported yet.
+Base: a concat-conditioned model with 2C+1 input channels: a toy one from ``python -m segdrop.training inpaint``,
+a diffusers SD1.x inpainting folder (``model_index.json``, 9-channel UNet + VAE) or a diffusers SDXL inpainting
+folder (the ``StableDiffusionXLInpaintPipeline`` layout: 9-channel ``text_time`` UNet, ``text_encoder`` +
+``text_encoder_2``, ``tokenizer`` + ``tokenizer_2``, VAE with its own ``scaling_factor``, e.g. 0.13025). For SDXL
+the constant empty-prompt conditioning is computed once as diffusers' SDXL pipelines do: both encoders' penultimate
+hidden states concatenated, encoder 2's pooled ``text_embeds``, and ``time_ids`` = (original size, crop (0, 0),
+target size) at the training resolution; the UNet gets them as ``added_cond_kwargs`` (``ModelBundle.
+added_cond_kwargs``), in training and in ``conditioned_sample``. Single-file ``.safetensors`` checkpoints
+(``from_single_file``) are supported for SD1.x inpainting: ``--base`` a ``.safetensors`` file in the original
+LDM/CompVis layout (UNet ``model.diffusion_model.*`` with 9 input channels, VAE ``first_stage_model.*``, CLIP
+``cond_stage_model.transformer.*``: e.g. ``sd-v1-5-inpainting.safetensors`` from ComfyUI's checkpoints folder) plus
+``--base_config DIR``, a diffusers SD1.x inpainting folder that supplies what the single file lacks:
+``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/`` ``config.json`` files, ``tokenizer/`` and ``scheduler/``
+(weights not needed, e.g. the stable-diffusion-inpainting repo without its weight files). It loads offline through
+diffusers' ``from_single_file(config=DIR, local_files_only=True)`` (``bundle.load_single_file_bundle``) into the same
+bundle the diffusers folder gives. ``.ckpt``/``.pt`` files (pickles) are refused, as are SDXL/SD2 single files and
+4-channel (text-to-image) checkpoints.
 
 Data: counterfactual triplets read with ``training/counterfactual_data.py`` from ``--data_dir`` (a toy-world
 dataset, a normalised ``counterfactual-data`` folder, or ``<name>_F/_G/_M`` photos; missing masks must be made
@@ -76,7 +92,8 @@ DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 @dataclass
 class RemovalConfig(CommonConfig):
-    base: str = ""  # an inpainting model (2C+1 input channels)
+    base: str = ""  # an inpainting model (2C+1 input channels): a folder or a single-file SD1.x .safetensors
+    base_config: str | None = None  # with a single-file --base: the diffusers folder of its configs + tokenizer
     data_dir: str | None = None  # triplets: toy-world, normalised counterfactual-data folder, or name_F/_G/_M photos
     generate: int = 0  # >0: render this many toy-world scenes into <output_dir>/data first
     split: str = "train"  # (with --generate: the split name the scenes are rendered under)
@@ -91,7 +108,9 @@ class RemovalConfig(CommonConfig):
 
 
 HELPS = {
-    "base": "inpainting model: `python -m segdrop.training inpaint` output or a diffusers SD1.x inpainting folder",
+    "base": "inpainting model: `python -m segdrop.training inpaint` output or a diffusers SD1.x/SDXL inpainting folder",
+    "base_config": "with a single-file .safetensors --base: a diffusers SD1.x inpainting folder giving its configs "
+                   "(model_index.json, unet/vae/text_encoder config.json) and tokenizer/ + scheduler/",
     "data_dir": "counterfactual triplets (toy-world / counterfactual-data folder / name_F,_G,_M photos)",
     "gray_object": "ablation: gray out the object in the conditioning image",
     "lora_rank": "LoRA rank (0 = full fine-tune)",
@@ -103,6 +122,20 @@ def validate(c: RemovalConfig) -> None:
         raise ConfigError("no base model: give --base <inpainting model>, e.g. the `model/` folder written by "
                           "`python -m segdrop.training inpaint`, or a diffusers SD inpainting folder")
     validate_common(c)
+    suffix = Path(c.base).suffix.lower()
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        raise ConfigError(f"--base {c.base} is a {suffix} (pickle) checkpoint, which is not loaded (unpickling can run "
+                          "code): use the .safetensors version of the model (or convert it to .safetensors first)")
+    if suffix == ".safetensors" and not c.base_config:
+        raise ConfigError(f"--base {c.base} is a single-file checkpoint: it holds weights only, so also give "
+                          "--base_config DIR, a diffusers SD1.x inpainting folder with model_index.json, "
+                          "unet/config.json, vae/config.json, text_encoder/config.json, tokenizer/ and scheduler/ "
+                          "(weights not needed)")
+    if c.base_config and not Path(c.base).is_file():
+        raise ConfigError(f"--base_config is only for a single-file .safetensors --base; {c.base} is not a file "
+                          "(a model folder has its own configs: drop --base_config)")
+    if c.base_config and not Path(c.base_config).is_dir():
+        raise ConfigError(f"--base_config {c.base_config} does not exist (expected a diffusers SD1.x inpainting folder)")
     if not c.data_dir and c.generate <= 0:
         raise ConfigError("no training data: give --data_dir <triplet folder> or --generate N (toy-world scenes)")
     if c.data_dir and c.generate > 0:
@@ -260,11 +293,14 @@ def train(config: RemovalConfig, command: str) -> dict:
     started = time.time()
     accelerator = setup_threads_and_accelerator(config)
     out = Path(config.output_dir)
-    bundle = load_base(config.base)  # checked before the run folder is touched
+    # checked before the run folder is touched
+    bundle = load_base(config.base, allow_sdxl=True, config=config.base_config)
     problem = inpaint_layout_problem(bundle)
     if problem is not None:
         raise ConfigError(f"--base {config.base} cannot be fine-tuned for removal: {problem}")
     bundle.text_encoder.requires_grad_(False)
+    if bundle.text_encoder_2 is not None:
+        bundle.text_encoder_2.requires_grad_(False)
     prepare_run_dir(accelerator, out, config.resume)
 
     if config.generate > 0:
@@ -276,6 +312,8 @@ def train(config: RemovalConfig, command: str) -> dict:
     ids, factual, counterfactual, masks = load_triplet_tensors(data_dir, bundle.image_size)
     n = len(ids)
     hidden = bundle.encode_prompt([""]).float().cpu()  # the empty prompt, always
+    added = bundle.added_cond_kwargs([""])  # SDXL: its pooled embedding + time ids (None for SD1.x / toy bases)
+    added = None if added is None else {k: v.float().cpu() for k, v in added.items()}
     logger.info("removal: %d triplets from %s, base %s, %s", n, data_dir, config.base,
                 f"LoRA rank {config.lora_rank}" if config.lora_rank else "full fine-tune")
 
@@ -319,13 +357,16 @@ def train(config: RemovalConfig, command: str) -> dict:
         path = save_derived_bundle(bundle, trained, info, out / "model", config.save_dtype)
         logger.info("wrote %s (%d steps, last loss %s)", path, run_info["steps"], run_info["final_loss"])
 
-    return train_loop(config, command, accelerator, bundle, Recipe("removal", unet, params, hidden, draw, export), started)
+    recipe = Recipe("removal", unet, params, hidden, draw, export, added)
+    return train_loop(config, command, accelerator, bundle, recipe, started)
 
 
 def resolve(args: argparse.Namespace) -> RemovalConfig:
     config = resolve_config(RemovalConfig, args, "removal")
     if config.base:
         config.base = resolve_base(config.base)
+    if config.base_config:
+        config.base_config = str(Path(config.base_config).expanduser())
     validate(config)
     return config
 
