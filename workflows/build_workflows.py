@@ -357,7 +357,6 @@ def write_all(folder: Path = HERE) -> list[Path]:
     return written
 
 
-THUMBNAIL_SCENE = 2  # toy-world seed of the thumbnail scene: one object on a floor, with a shadow and a reflection
 
 
 def write_object_removal_thumbnail(folder: Path = HERE) -> Path:
