@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .capture import AttentionCapture
 from .objectdrop import ObjectDropConditioning, ObjectDropRemove
+from .objectdrop_insert import ObjectDropInsert
 from .refine import BackgroundInpaintRefine
 from .segment import GMMBinarize, KLMergeSegment
 from .segmenter import SegmenterApply
@@ -13,7 +14,7 @@ from .segmenter import SegmenterApply
 
 def node_list() -> list[type[io.ComfyNode]]:
     return [AttentionCapture, GMMBinarize, KLMergeSegment, ObjectDropConditioning, ObjectDropRemove,
-            BackgroundInpaintRefine, SegmenterApply]
+            ObjectDropInsert, BackgroundInpaintRefine, SegmenterApply]
 
 
 class SegDropExtension(ComfyExtension):

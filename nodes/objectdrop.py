@@ -52,13 +52,17 @@ def model_input_channels(model) -> int | None:
     return int(value) if value is not None else None
 
 
-def check_inpainting_model(model) -> None:
+REMOVAL_MODEL_FIX = ("load an SD inpainting checkpoint (9 input channels) and the removal LoRA (Load Checkpoint -> "
+                     "LoraLoader -> model).")
+
+
+def check_inpainting_model(model, node: str = "ObjectDrop Remove", kind: str = "an inpainting model",
+                           fix: str = REMOVAL_MODEL_FIX) -> None:
     channels = model_input_channels(model)
     if channels is not None and channels <= 4:
         raise ValueError(
-            f"ObjectDrop Remove needs an inpainting model, but this model's UNet takes {channels} input channels "
-            "(a text-to-image checkpoint): load an SD inpainting checkpoint (9 input channels) and the removal "
-            "LoRA (Load Checkpoint -> LoraLoader -> model)."
+            f"{node} needs {kind}, but this model's UNet takes {channels} input channels "
+            f"(a text-to-image checkpoint): {fix}"
         )
 
 

@@ -12,9 +12,10 @@ from .effect_mask import (
     changed_region,
     effect_mask,
 )
+from .placement import Placement, fit_to_mask, place_object
 
 __all__ = [
     "CropBox", "crop", "crop_box", "dilate", "mask_bbox", "paste", "stitch", "working_size",
     "DEFAULT_FEATHER", "DEFAULT_GROW", "DEFAULT_MIN_AREA", "DEFAULT_THRESHOLD", "changed_region", "effect_mask",
-    "conditioning_set_values", "objectdrop_conditioning_values",
+    "conditioning_set_values", "objectdrop_conditioning_values", "Placement", "fit_to_mask", "place_object",
 ]

@@ -14,6 +14,7 @@ SD_TOKENS = ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "red</w
 PUBLISHED_IDS = {
     "SegDrop_AttentionCapture", "SegDrop_GMMBinarize", "SegDrop_KLMergeSegment", "SegDrop_ObjectDropConditioning",
     "SegDrop_ObjectDropRemove", "SegDrop_BackgroundInpaintRefine", "SegDrop_SegmenterApply",
+    "SegDrop_ObjectDropInsert",
 }
 
 

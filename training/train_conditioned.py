@@ -176,9 +176,9 @@ def parameter_groups(unet, params: list, lr: float, conv_in_lr_scale: float) -> 
 
 
 def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: Recipe, started: float) -> dict:
-    """Train ``recipe.unet`` on ``recipe.draw`` batches with the epsilon loss; checkpoints, exact resume and the loss
+    """Train ``recipe.unet`` on ``recipe.draw`` batches (ε or v objective, the scheduler's); checkpoints, exact resume and the loss
     log via ``loop.py``; then ``recipe.export`` on the main process. Returns steps, wall time and final loss."""
-    from diffusers.optimization import get_constant_schedule_with_warmup
+    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     out = Path(config.output_dir)
     is_main = accelerator.is_main_process
@@ -190,7 +190,15 @@ def train_loop(config: CommonConfig, command: str, accelerator, bundle, recipe: 
     unet = recipe.unet
     optimizer = torch.optim.AdamW(parameter_groups(unet, recipe.params, config.lr, config.conv_in_lr_scale),
                                   lr=config.lr, weight_decay=config.weight_decay)
-    lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps)
+    # an optional recipe field (``insertion`` has it): constant (default) or cosine decay to 0 at ``steps``
+    lr_schedule = getattr(config, "lr_schedule", "constant")
+    if lr_schedule == "cosine":
+        lr_scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps,
+                                                       num_training_steps=config.steps)
+    elif lr_schedule == "constant":
+        lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps)
+    else:
+        raise ConfigError(f"lr_schedule must be constant or cosine, got {lr_schedule!r}")
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
     step, wall_before, log, resumed = start_or_resume(

@@ -58,6 +58,13 @@ NODE_TYPES: dict[str, tuple[list, list, list]] = {
         ["seed", "steps", "cfg", "sampler_name", "scheduler", "mask_grow", "context", "resolution", "effect_threshold"],
         [("image", "IMAGE"), ("effect_mask", "MASK"), ("crop_preview", "IMAGE")],
     ),
+    "SegDrop_ObjectDropInsert": (
+        [("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("background", "IMAGE"), ("object_image", "IMAGE"),
+         ("object_mask", "MASK"), ("placement_mask", "MASK")],
+        ["x", "y", "scale", "seed", "steps", "cfg", "sampler_name", "scheduler", "mask_grow", "context", "resolution",
+         "effect_threshold"],
+        [("image", "IMAGE"), ("composite", "IMAGE"), ("effect_mask", "MASK")],
+    ),
     "SegDrop_BackgroundInpaintRefine": (
         [("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE"), ("mask", "MASK")],
         ["prompt", "seed", "steps", "eta", "postprocess"],
@@ -92,6 +99,7 @@ DISPLAY_NAMES = {
     "SaveImage": "Save Image",
     "SegDrop_ObjectDropConditioning": "ObjectDrop Conditioning",
     "SegDrop_ObjectDropRemove": "ObjectDrop Remove",
+    "SegDrop_ObjectDropInsert": "ObjectDrop Insert",
     "SegDrop_BackgroundInpaintRefine": "Background Inpaint Refine (concept distillation)",
     "SegDrop_SegmenterApply": "Segmenter Apply (concept distillation)",
     "CLIPTextEncode": "CLIP Text Encode (Prompt)",

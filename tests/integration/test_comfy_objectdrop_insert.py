@@ -1,0 +1,103 @@
+"""SegDrop_ObjectDropInsert inside a real ComfyUI, through the executor, on the tiny 9-channel (SD-inpainting layout)
+checkpoint (random weights: the output is noise, so these tests check plumbing, shapes, the untouched background
+and the error messages, not insertion quality).
+
+The object is fed the way a user would: a cut-out PNG whose alpha is 255 on the object and 0 around it, loaded with
+Load Image, its MASK (1 - alpha, so 1 around the object) inverted with the core Invert Mask node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.comfyui
+
+INSERT = "SegDrop_ObjectDropInsert"
+FAST = {"seed": 0, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "mask_grow": 0,
+        "context": 0.5, "resolution": 64, "effect_threshold": 0.08}
+
+
+@pytest.fixture(scope="session")
+def inpaint_checkpoint(comfyui_session) -> str:
+    from segdrop.testing.comfy_checkpoint import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint(comfyui_session, inpainting=True)
+
+
+@pytest.fixture(scope="session")
+def pictures(comfyui_session) -> dict[str, str]:
+    """A 128x128 grey-gradient background and a 40x40 cut-out (a 24x24 red square, opaque, in a transparent border)."""
+    from PIL import Image, ImageDraw
+
+    directory = Path(comfyui_session.folder_paths.get_input_directory())
+    names = {"background": "segdrop_insert_background.png", "object": "segdrop_insert_object.png"}
+    if not (directory / names["background"]).is_file():
+        background = Image.new("RGB", (128, 128))
+        background.putdata([(64 + x // 2, 96 + y // 4, 128) for y in range(128) for x in range(128)])
+        background.save(directory / names["background"])
+    if not (directory / names["object"]).is_file():
+        cut = Image.new("RGBA", (40, 40), (0, 0, 255, 0))
+        ImageDraw.Draw(cut).rectangle([8, 8, 31, 31], fill=(220, 30, 30, 255))
+        cut.save(directory / names["object"])
+    return names
+
+
+def insert_graph(checkpoint: str, pictures: dict[str, str], x: int = 16, y: int = 8, scale: float = 1.0) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": pictures["background"]}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": pictures["object"]}},
+        "4": {"class_type": "InvertMask", "inputs": {"mask": ["3", 1]}},
+        "5": {"class_type": INSERT, "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
+                                               "background": ["2", 0], "object_image": ["3", 0],
+                                               "object_mask": ["4", 0], "x": x, "y": y, "scale": scale, **FAST}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
+    }
+
+
+def require_node(comfyui) -> None:
+    if not comfyui.has_node(INSERT):
+        pytest.fail(f"{INSERT} not registered (pack load errors: {comfyui.pack_error.strip()[:2000]})")
+
+
+def test_insert_runs_and_keeps_the_background_far_from_the_object(comfyui, run_prompt, inpaint_checkpoint, pictures):
+    import torch
+
+    require_node(comfyui)
+    result = run_prompt(insert_graph(inpaint_checkpoint, pictures, x=16, y=8))
+    background = result["2"][0]
+    out, composite, effect = result["5"]
+    assert tuple(out.shape) == (1, 128, 128, 3) and tuple(composite.shape) == (1, 128, 128, 3)
+    assert tuple(effect.shape) == (1, 128, 128)
+    assert bool(torch.isfinite(out).all()) and float(out.min()) >= 0 and float(out.max()) <= 1
+    red = torch.tensor([220, 30, 30]) / 255
+    assert torch.allclose(composite[0, 8:32, 16:40], red.expand(24, 24, 3), atol=1e-6)  # trimmed cut-out at (16, 8)
+    placed = torch.zeros(128, 128, dtype=torch.bool)
+    placed[8:32, 16:40] = True
+    assert torch.equal(composite[0][~placed], background[0][~placed])
+    assert bool((effect[0][placed] == 1).all())
+    outside = effect == 0
+    assert bool(outside[0, 96:, 96:].all()), "the far corner is inside the effect mask: the crop context is too large"
+    assert torch.equal(out[outside], background[outside])
+    assert result.ui["6"]["images"] and result.ui["7"]["images"]
+
+
+def test_object_outside_the_background_is_refused(comfyui, run_prompt, inpaint_checkpoint, pictures):
+    require_node(comfyui)
+    with pytest.raises(comfyui.PromptExecutionError) as caught:
+        run_prompt(insert_graph(inpaint_checkpoint, pictures, x=120, y=8))
+    error = caught.value
+    assert error.node_id == "5" and error.node_type == INSERT
+    message = error.exception_message
+    assert "lies partly outside the 128x128 background" in message and "x must be 0..104" in message, message
+
+
+def test_text_to_image_checkpoint_is_refused(comfyui, run_prompt, tiny_checkpoint, pictures):
+    require_node(comfyui)
+    with pytest.raises(comfyui.PromptExecutionError) as caught:
+        run_prompt(insert_graph(tiny_checkpoint, pictures))
+    assert "4 input channels" in caught.value.exception_message
+    assert "insertion checkpoint" in caught.value.exception_message
