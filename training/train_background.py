@@ -77,19 +77,16 @@ from .settings import config_header, dump_toml, recipe_parser, resolve_config
 from .train_conditioned import (
     CommonConfig,
     base_info,
-    export_single_file,
     load_base,
     parameter_groups,
     run_cli,
-    save_derived_bundle,
-    sd_layout_problem,
     set_prediction_type,
     setup_threads_and_accelerator,
     training_objective,
     validate_common,
 )
 from .train_inpaint import encode_prompts, resolve_base
-from .train_removal import DEFAULT_LORA_TARGETS, add_lora, merge_lora, save_lora_fallback
+from .train_removal import DEFAULT_LORA_TARGETS, add_lora, export_fine_tune
 
 logger = logging.getLogger("segdrop.training.background")
 PLACEHOLDERS = ("{object}", "{caption}")
@@ -452,21 +449,7 @@ def export(config: BackgroundConfig, bundle, trained, run_info: dict, n: int, bo
             "lora": lora, "ema": ({"decay": config.ema_decay, "updates": ema.num_updates, "weights": "ema"}
                                   if ema is not None else None),
             "base_recipe": bundle.info.get("recipe"), "train_images": n}
-    if config.lora_rank:
-        problem = sd_layout_problem(trained)
-        if problem is None:
-            from .export import save_lora
-
-            files = save_lora(trained, out / "lora", info)
-        else:  # toy layouts have no kohya/LDM names: keep the plain peft adapter
-            files = save_lora_fallback(trained, out / "lora", info)
-            logger.info("LoRA written as a peft adapter %s (%s)", files["peft"], problem)
-        info["lora_files"] = {k: str(v) for k, v in files.items()}
-        trained = merge_lora(trained)
-    else:
-        info["export_files"] = export_single_file(trained, out, info)
-    path = save_derived_bundle(bundle, trained, info, out / "model", config.save_dtype)
-    logger.info("wrote %s (%d steps, last loss %s)", path, run_info["steps"], run_info["final_loss"])
+    export_fine_tune(bundle, trained, info, out, lora=bool(config.lora_rank), save_dtype=config.save_dtype)
 
 
 def resolve(args: argparse.Namespace) -> BackgroundConfig:

@@ -66,11 +66,8 @@ from .train_conditioned import (
     CommonConfig,
     Recipe,
     base_info,
-    export_single_file,
     load_base,
     run_cli,
-    save_derived_bundle,
-    sd_layout_problem,
     setup_threads_and_accelerator,
     train_loop,
     validate_common,
@@ -80,9 +77,8 @@ from .train_removal import (
     DEFAULT_LORA_TARGETS,
     _resize_square,
     add_lora,
+    export_fine_tune,
     load_triplet_tensors,
-    merge_lora,
-    save_lora_fallback,
 )
 
 logger = logging.getLogger("segdrop.training.insertion")
@@ -289,21 +285,7 @@ def train(config: InsertionConfig, command: str) -> dict:
                 "gray_masked": False, "mask_downsample": "max_pool", "prompt": "", "stage": config.stage,
                 "widened": widened, "base_recipe": bundle.info.get("recipe"), "base_stage": bundle.info.get("stage"),
                 "data_kind": data_kind, "train_pairs": n, "lr_schedule": config.lr_schedule, "lora": lora}
-        if config.lora_rank:
-            problem = sd_layout_problem(trained)
-            if problem is None:
-                from .export import save_lora
-
-                files = save_lora(trained, out / "lora", info)
-            else:  # toy layouts have no kohya/LDM names: keep the plain peft adapter
-                files = save_lora_fallback(trained, out / "lora", info)
-                logger.info("LoRA written as a peft adapter %s (%s)", files["peft"], problem)
-            info["lora_files"] = {k: str(v) for k, v in files.items()}
-            trained = merge_lora(trained)
-        else:
-            info["export_files"] = export_single_file(trained, out, info)
-        path = save_derived_bundle(bundle, trained, info, out / "model", config.save_dtype)
-        logger.info("wrote %s (%d steps, last loss %s)", path, run_info["steps"], run_info["final_loss"])
+        export_fine_tune(bundle, trained, info, out, lora=bool(config.lora_rank), save_dtype=config.save_dtype)
 
     recipe = Recipe(RECIPE, unet, params, hidden, draw, export)
     return train_loop(config, command, accelerator, bundle, recipe, started)

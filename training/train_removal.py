@@ -283,6 +283,28 @@ def load_lora_fallback(bundle, folder: str | os.PathLike):
     return bundle
 
 
+def export_fine_tune(bundle, trained, info: dict, out: Path, *, lora: bool, save_dtype: str) -> Path:
+    """The recipes' outputs: ``lora/`` (kohya + diffusers for SD layouts, else the peft adapter) then the merged
+    ``model/`` bundle, or for a full fine-tune ``unet_ldm.safetensors`` (SD layouts) and ``model/``. Records the
+    written files in ``info`` (the model card) and returns the bundle folder."""
+    if lora:
+        problem = sd_layout_problem(trained)
+        if problem is None:
+            from .export import save_lora
+
+            files = save_lora(trained, out / "lora", info)
+        else:  # toy layouts have no kohya/LDM names: keep the plain peft adapter
+            files = save_lora_fallback(trained, out / "lora", info)
+            logger.info("LoRA written as a peft adapter %s (%s)", files["peft"], problem)
+        info["lora_files"] = {k: str(v) for k, v in files.items()}
+        trained = merge_lora(trained)
+    else:
+        info["export_files"] = export_single_file(trained, out, info)
+    path = save_derived_bundle(bundle, trained, info, out / "model", save_dtype)
+    logger.info("wrote %s (%d steps, last loss %s)", path, info["steps"], info["final_loss"])
+    return path
+
+
 # ----------------------------------------------------------------------------------------------- training
 
 
@@ -341,21 +363,7 @@ def train(config: RemovalConfig, command: str) -> dict:
                 "gray_masked": bool(config.gray_object), "mask_downsample": "max_pool", "prompt": "",
                 "mask_augment_px": config.mask_augment_px if config.mask_augment else 0, "lora": lora,
                 "base_recipe": bundle.info.get("recipe"), "train_triplets": n}
-        if config.lora_rank:
-            problem = sd_layout_problem(trained)
-            if problem is None:
-                from .export import save_lora
-
-                files = save_lora(trained, out / "lora", info)
-            else:  # toy layouts have no kohya/LDM names: keep the plain peft adapter
-                files = save_lora_fallback(trained, out / "lora", info)
-                logger.info("LoRA written as a peft adapter %s (%s)", files["peft"], problem)
-            info["lora_files"] = {k: str(v) for k, v in files.items()}
-            trained = merge_lora(trained)
-        else:
-            info["export_files"] = export_single_file(trained, out, info)
-        path = save_derived_bundle(bundle, trained, info, out / "model", config.save_dtype)
-        logger.info("wrote %s (%d steps, last loss %s)", path, run_info["steps"], run_info["final_loss"])
+        export_fine_tune(bundle, trained, info, out, lora=bool(config.lora_rank), save_dtype=config.save_dtype)
 
     recipe = Recipe("removal", unet, params, hidden, draw, export, added)
     return train_loop(config, command, accelerator, bundle, recipe, started)
