@@ -5,6 +5,7 @@ mask, conditioning values) are the ComfyUI-free ``segdrop.removal``; this module
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from comfy_api.latest import io
@@ -157,6 +158,44 @@ def sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                seed=seed)
 
 
+@dataclass
+class CropResult:
+    """What :func:`sample_in_crop` made: the stitched image and its effect mask at image size, and for previews the
+    crop at working resolution (``pixels``), the decoded output there and the composite weights over the crop box."""
+
+    stitched: torch.Tensor
+    effect: torch.Tensor
+    pixels: torch.Tensor
+    decoded: torch.Tensor
+    weights: torch.Tensor
+
+
+def sample_in_crop(model, vae, cond, photo: torch.Tensor, mask: torch.Tensor, box, *, seed, steps, cfg, sampler_name,
+                   scheduler, resolution, effect_threshold, callback) -> CropResult:
+    """ObjectDrop's crop-sample-stitch for one ``(1, H, W, C)`` image and its ``(1, H, W)`` mask (already grown):
+    the crop at working resolution is conditioned un-grayed (``objectdrop_conditioning``), sampled from noise with
+    ``cond`` on both sides, decoded, resized back and stitched with the effect-aware mask, tapered towards crop
+    sides inside the image (no seam) and always 1 on the mask. Removal and insertion share it."""
+    region, region_mask = crop(photo[..., :3], box), crop(mask[..., None], box)[..., 0]
+    size = working_size(box.height, box.width, resolution)
+    pixels = resize_image(region, size)
+    small_mask = (resize_mask(region_mask, size) > 0.5).float()
+    positive, negative, latent = objectdrop_conditioning(cond, cond, vae, pixels, small_mask)
+    samples = sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent["samples"], callback)
+    decoded = vae.decode(samples)[..., :3].float().clamp(0, 1)
+    if decoded.dim() == 5:  # video VAEs give (B, T, H, W, C)
+        decoded = decoded.reshape(-1, *decoded.shape[-3:])
+    back = resize_image(decoded, (box.height, box.width)).clamp(0, 1)
+    weights = effect_mask(region, back, region_mask, threshold=effect_threshold)
+    taper = edge_taper(box, tuple(photo.shape[1:3]), EDGE_TAPER).to(weights)
+    weights = torch.maximum(weights * taper, (region_mask > 0.5).to(weights))  # no seam at the crop edge
+    patch = torch.cat([back.to(photo.dtype), crop(photo, box)[..., 3:]], -1)  # keeps an alpha channel
+    stitched = stitch(photo, patch, box, weights)
+    effect = torch.zeros(1, *photo.shape[1:3])
+    effect[(slice(None), *box.slices)] = weights
+    return CropResult(stitched, effect, pixels, decoded, weights)
+
+
 def progress_and_interrupt(total: int):
     """(callback factory for one image, final update): a ProgressBar over all images' steps and ComfyUI's Cancel."""
     import comfy.model_management
@@ -260,28 +299,14 @@ class ObjectDropRemove(io.ComfyNode):
                 effects.append(torch.zeros(1, *photo.shape[1:3]))
                 previews.append(photo[0, ..., :3])
                 continue
-            region, region_mask = crop(photo[..., :3], box), crop(masks[k : k + 1, ..., None], box)[..., 0]
-            size = working_size(box.height, box.width, resolution)
-            pixels = resize_image(region, size)
-            small_mask = (resize_mask(region_mask, size) > 0.5).float()
-            positive, negative, latent = objectdrop_conditioning(cond, cond, vae, pixels, small_mask)
-            samples = sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent["samples"],
-                             callback_for(done * steps))
+            crop_result = sample_in_crop(model, vae, cond, photo, masks[k : k + 1], box, seed=seed, steps=steps, cfg=cfg,
+                                         sampler_name=sampler_name, scheduler=scheduler, resolution=resolution,
+                                         effect_threshold=effect_threshold, callback=callback_for(done * steps))
             done += 1
-            decoded = vae.decode(samples)[..., :3].float().clamp(0, 1)
-            if decoded.dim() == 5:  # video VAEs give (B, T, H, W, C)
-                decoded = decoded.reshape(-1, *decoded.shape[-3:])
-            back = resize_image(decoded, (box.height, box.width)).clamp(0, 1)
-            composite = effect_mask(region, back, region_mask, threshold=effect_threshold)
-            taper = edge_taper(box, tuple(photo.shape[1:3]), EDGE_TAPER).to(composite)
-            composite = torch.maximum(composite * taper, (region_mask > 0.5).to(composite))  # no seam at the crop edge
-            patch = torch.cat([back.to(photo.dtype), crop(photo, box)[..., 3:]], -1)  # keeps an alpha channel
-            stitched = stitch(photo, patch, box, composite)
-            full_effect = torch.zeros(1, *photo.shape[1:3])
-            full_effect[(slice(None), *box.slices)] = composite
-            results.append(stitched)
-            effects.append(full_effect)
-            shown = resize_mask(composite, size)[0, ..., None]
+            results.append(crop_result.stitched)
+            effects.append(crop_result.effect)
+            shown = resize_mask(crop_result.weights, crop_result.pixels.shape[1:3])[0, ..., None]
             red = torch.tensor([1.0, 0.2, 0.2])
-            previews.append(side_by_side([pixels[0], decoded[0], decoded[0] * (1 - 0.5 * shown) + 0.5 * shown * red]))
+            decoded = crop_result.decoded[0]
+            previews.append(side_by_side([crop_result.pixels[0], decoded, decoded * (1 - 0.5 * shown) + 0.5 * shown * red]))
         return io.NodeOutput(torch.cat(results), torch.cat(effects), pad_stack(previews))

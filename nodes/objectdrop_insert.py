@@ -8,16 +8,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..removal import crop, crop_box, dilate, effect_mask, fit_to_mask, place_object, stitch, working_size
-from ..removal.crop import edge_taper, resize_image, resize_mask
+from ..removal import crop_box, dilate, fit_to_mask, place_object
 from ..removal.effect_mask import DEFAULT_THRESHOLD
 from .objectdrop import (
-    EDGE_TAPER,
     as_mask_batch,
     check_inpainting_model,
-    objectdrop_conditioning,
     progress_and_interrupt,
-    sample,
+    sample_in_crop,
     sampler_options,
 )
 from .types import CATEGORY
@@ -42,24 +39,10 @@ def insert_one(model, vae, cond, composite: torch.Tensor, mask: torch.Tensor, *,
     """The insertion model's result for one ``(1, H, W, 3)`` composite and its ``(1, H, W)`` object mask, stitched
     into the composite with the effect-aware mask: ``(result, effect)``."""
     grown = (dilate((mask > 0.5).float(), mask_grow) > 0.5).float()
-    box = crop_box(grown[0], context)
-    region, region_mask = crop(composite, box), crop(grown[..., None], box)[..., 0]
-    size = working_size(box.height, box.width, resolution)
-    pixels = resize_image(region, size)
-    small_mask = (resize_mask(region_mask, size) > 0.5).float()
-    positive, negative, latent = objectdrop_conditioning(cond, cond, vae, pixels, small_mask)
-    samples = sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent["samples"], callback)
-    decoded = vae.decode(samples)[..., :3].float().clamp(0, 1)
-    if decoded.dim() == 5:  # video VAEs give (B, T, H, W, C)
-        decoded = decoded.reshape(-1, *decoded.shape[-3:])
-    back = resize_image(decoded, (box.height, box.width)).clamp(0, 1)
-    weights = effect_mask(region, back, region_mask, threshold=effect_threshold)
-    taper = edge_taper(box, tuple(composite.shape[1:3]), EDGE_TAPER).to(weights)
-    weights = torch.maximum(weights * taper, (region_mask > 0.5).to(weights))  # no seam at the crop edge
-    result = stitch(composite, back.to(composite.dtype), box, weights)
-    effect = torch.zeros(1, *composite.shape[1:3])
-    effect[(slice(None), *box.slices)] = weights
-    return result, effect
+    done = sample_in_crop(model, vae, cond, composite, grown, crop_box(grown[0], context), seed=seed, steps=steps,
+                          cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, resolution=resolution,
+                          effect_threshold=effect_threshold, callback=callback)
+    return done.stitched, done.effect
 
 
 class ObjectDropInsert(io.ComfyNode):
