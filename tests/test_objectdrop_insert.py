@@ -205,7 +205,9 @@ def insert(nodes, monkeypatch):
             callback(step, None, None, steps)
         return out
 
-    from segdrop.nodes import objectdrop as shared  # sample_in_crop, the crop-sample-stitch both nodes use, samples here
+    from segdrop.nodes import (
+        objectdrop as shared,  # sample_in_crop, the crop-sample-stitch both nodes use, samples here
+    )
 
     monkeypatch.setattr(shared, "sample", shadow)
     monkeypatch.setattr(module, "progress_and_interrupt", lambda total: (lambda offset: lambda *a: None, lambda: None))
