@@ -6,7 +6,16 @@ counterfactuals) lets concept distillation, DiffSeg and ObjectDrop be checked ex
 systematic captions make it training data for a tiny text-to-image model.
 """
 
-from .dataset import load_png, read_dataset, save_png, scene_seed, write_dataset
+from .dataset import (
+    chosen_object,
+    load_png,
+    object_effects,
+    read_dataset,
+    save_png,
+    scene_seed,
+    write_dataset,
+    write_object_pairs,
+)
 from .panel import panel_array, save_panel
 from .scene import Layout, Scene, SceneObject, make_scene, make_scenes, render_layout, sample_layout
 from .vocab import BACKGROUNDS, COLORS, SHAPES, TEXTURES, make_caption, vocabulary
@@ -19,11 +28,13 @@ __all__ = [
     "Layout",
     "Scene",
     "SceneObject",
+    "chosen_object",
     "load_png",
     "make_caption",
     "make_scene",
     "make_scenes",
     "panel_array",
+    "object_effects",
     "read_dataset",
     "render_layout",
     "sample_layout",
@@ -32,4 +43,5 @@ __all__ = [
     "scene_seed",
     "vocabulary",
     "write_dataset",
+    "write_object_pairs",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .dataset import read_dataset, write_dataset
+from .dataset import read_dataset, write_dataset, write_object_pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--panels", type=int, default=0, help="also write this many inspection panels to OUT/panels"
     )
+    p.add_argument(
+        "--object-pairs",
+        action="store_true",
+        help="write one-object pairs (scene, one object's mask, the scene without it) for insertion instead",
+    )
     args = p.parse_args(argv)
+    if args.object_pairs:
+        root = write_object_pairs(args.out, args.count, size=args.size, seed=args.seed, split=args.split)
+        print(f"wrote {args.split} one-object pairs to {root / 'metadata.jsonl'}")
+        return 0
     root = write_dataset(args.out, args.count, size=args.size, seed=args.seed, split=args.split)
     if args.panels:
         from .panel import save_panel

@@ -8,6 +8,17 @@
     <root>/counterfactuals/<id>.png   scene with all objects and effects removed
     <root>/backgrounds/<id>.png       background (identical to the counterfactual)
 
+``write_object_pairs`` writes the one-object variant used for insertion (a scene, one chosen object k, the scene
+without k): ``factual``/``counterfactual``/``mask`` records as ``training/counterfactual_data.py`` reads them, plus
+``image`` (= factual) so the bootstrap builder can read it as a source::
+
+    <root>/metadata.jsonl                {"id", "split", "seed", "object", "image", "factual", "counterfactual",
+                                          "mask", "effects_mask"}
+    <root>/images/<id>.png               the factual scene (all objects, all effects)
+    <root>/without/<id>.png              the scene without object k and its effects (others stay)
+    <root>/objects/<id>.png              visible mask of object k, 0/255
+    <root>/effects/<id>.png              object k's shadow ∪ reflection, 0/255
+
 All files are written atomically (temp name in the same folder, then ``os.replace``), so an interrupted
 run never leaves a half-written PNG or metadata file behind.
 """
@@ -116,6 +127,53 @@ def write_dataset(
     for index in range(start, start + count):
         s = scene_seed(seed, split, index)
         new.append(_write_scene(root, f"{split}_{index:05d}", split, s, make_scene(s, size)))
+    text = "".join(json.dumps(r) + "\n" for r in existing + new)
+    _atomic_write_bytes(meta, lambda fh: fh.write(text.encode("utf-8")))
+    return root
+
+
+def chosen_object(scene: Scene) -> int:
+    """The object a one-object pair is about: drawn from the scene's seed, so a seed always names the same one."""
+    return int(np.random.default_rng([int(scene.seed or 0), 1]).integers(len(scene.objects)))
+
+
+def object_effects(scene: Scene, k: int) -> np.ndarray:
+    """(H, W) bool: object k's own shadow ∪ reflection (outside every object)."""
+    o = scene.objects[k]
+    return (o.shadow_mask | o.reflection_mask) & ~scene.object_mask
+
+
+def write_object_pairs(
+    root: str | os.PathLike, count: int, size: int = 64, seed: int = 0, split: str = "train"
+) -> Path:
+    """Render ``count`` one-object pairs of ``split`` into ``root`` (layout in the module docstring) and append them.
+
+    A pair is a scene, one object k (``chosen_object``) and the scene re-rendered without k, its shadow and its
+    reflection, while the other objects and their effects stay: inserting k back is the insertion task with the
+    scene's own light cues, as in a photo. Scenes without objects are skipped (their index is used up). Appending
+    continues the split's numbering, as ``write_dataset`` does.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    meta = root / "metadata.jsonl"
+    existing = _read_lines(meta)
+    start = max([int(r["index"]) + 1 for r in existing if r.get("split") == split] + [0])
+    new = []
+    for index in range(start, start + count):
+        s = scene_seed(seed, split, index)
+        scene = make_scene(s, size)
+        if not scene.objects:
+            continue
+        k = chosen_object(scene)
+        sid = f"{split}_{index:05d}"
+        rec = {"id": sid, "split": split, "index": index, "seed": s, "object": k, "image": f"images/{sid}.png",
+               "factual": f"images/{sid}.png", "counterfactual": f"without/{sid}.png", "mask": f"objects/{sid}.png",
+               "effects_mask": f"effects/{sid}.png", "caption": scene.caption}
+        save_png(scene.image, root / rec["image"])
+        save_png(scene.counterfactual_without(k), root / rec["counterfactual"])
+        save_png(scene.objects[k].mask, root / rec["mask"])
+        save_png(object_effects(scene, k), root / rec["effects_mask"])
+        new.append(rec)
     text = "".join(json.dumps(r) + "\n" for r in existing + new)
     _atomic_write_bytes(meta, lambda fh: fh.write(text.encode("utf-8")))
     return root

@@ -26,7 +26,9 @@ Data (``--data_dir``; ``--data_kind`` auto|bootstrap|pairs, auto tries bootstrap
 * real pairs (stage 2): counterfactual triplets (factual F = target, counterfactual G = background, mask M) in
   any layout ``training/counterfactual_data.py`` reads (toy-world dataset, normalised ``counterfactual-data``
   folder, ``<name>_F/_G/_M`` photos); the composite is built as M·F + (1-M)·G.
-* ``--generate N``: N toy-world scenes rendered into ``<output_dir>/data``, used as real pairs.
+* ``--generate N``: N toy-world one-object pairs (``toyworld.write_object_pairs``: a scene, one object's mask, the
+  scene without that object and its effects, the other objects staying) rendered into ``<output_dir>/data``, used
+  as real pairs.
 
 Square images of another size are resized (bicubic, masks by area > 0.5); non-square ones are an error.
 
@@ -50,6 +52,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +96,7 @@ class InsertionConfig(CommonConfig):
     base: str = "models/default"  # a text-to-image model (stage 1) or an insertion model of this recipe (stage 2)
     data_dir: str | None = None  # bootstrap folder or counterfactual triplets (real pairs)
     data_kind: str = "auto"  # auto | bootstrap | pairs
-    generate: int = 0  # >0: render this many toy-world scenes into <output_dir>/data first (real pairs)
+    generate: int = 0  # >0: render this many toy-world one-object pairs into <output_dir>/data first (real pairs)
     split: str = "train"  # (with --generate: the split name the scenes are rendered under)
     output_dir: str = "out/insertion"
     stage: int = 1  # 1: bootstrap pairs, 2: real pairs (recorded in the model card)
@@ -237,10 +241,26 @@ def load_data(folder: Path, kind: str, size: int):
 # ----------------------------------------------------------------------------------------------- training
 
 
+def generate_pairs(config: InsertionConfig, out: Path, size: int) -> Path:
+    """``--generate N``: N one-object toy pairs in ``<out>/data`` (rendered once, atomically; a resumed run reuses
+    them)."""
+    data = out / "data"
+    if (data / "metadata.jsonl").is_file():
+        return data
+    try:
+        from ..toyworld import write_object_pairs
+    except ImportError as error:
+        raise ConfigError(f"--generate needs segdrop.toyworld ({error}); give --data_dir instead") from None
+    tmp = out / f"data.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("rendering %d toy-world one-object pairs into %s", config.generate, data)
+    write_object_pairs(tmp, config.generate, size=size, seed=config.seed, split=config.split or "train")
+    os.replace(tmp, data)
+    return data
+
+
 def train(config: InsertionConfig, command: str) -> dict:
     """Train an insertion model (module docstring); returns steps, wall time, final loss, output."""
-    from .train_scratch import generate_dataset
-
     started = time.time()
     accelerator = setup_threads_and_accelerator(config)
     out = Path(config.output_dir)
@@ -255,8 +275,7 @@ def train(config: InsertionConfig, command: str) -> dict:
     prepare_run_dir(accelerator, out, config.resume)
 
     if config.generate > 0:
-        spec = SimpleNamespace(generate=config.generate, split=config.split, image_size=bundle.image_size, seed=config.seed)
-        data_dir = generate_dataset(spec, out) if accelerator.is_main_process else out / "data"
+        data_dir = generate_pairs(config, out, bundle.image_size) if accelerator.is_main_process else out / "data"
         accelerator.wait_for_everyone()
     else:
         data_dir = Path(config.data_dir)
