@@ -16,7 +16,13 @@ from tqdm import tqdm
 from .data import LabelledImage, from_scene, read_folder
 from .localization import localization_report
 from .protocol import PANEL_CHOICE, EvalSettings, evaluate
-from .report import results_markdown, write_panels, write_refinement_panels, write_removal_panels
+from .report import (
+    results_markdown,
+    write_insertion_panels,
+    write_panels,
+    write_refinement_panels,
+    write_removal_panels,
+)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -46,6 +52,12 @@ class DemoConfig:
     refinement_steps: int = 20
     """DDIM steps of the background inpainting (paper: 50; on the toy m′ 50 steps change IoU by at most 0.005)."""
     refinement_models: Path = DEFAULT_MODEL.parent
+    insertion: bool = True
+    """Also score object insertion (naive paste, without and with bootstrap) with the committed toy models."""
+    insertion_scenes: int = 50
+    insertion_steps: int = 20
+    """DDIM steps of the insertion rows (paper and node: 50; 20 keeps the demo fast, as removal)."""
+    insertion_models: Path = DEFAULT_MODEL.parent
 
 
 def toyworld_scenes(split: str, count: int, seed: int, size: int) -> list[LabelledImage]:
@@ -91,7 +103,9 @@ def run_demo(config: DemoConfig) -> dict:
         results.update(section_results("refinement", run_refinement(config, bundle)))
     if config.removal:
         results.update(section_results("removal", run_removal(config)))
-    if config.refinement or config.removal:
+    if config.insertion:
+        results.update(section_results("insertion", run_insertion(config)))
+    if config.refinement or config.removal or config.insertion:
         results["seconds"] = round(time.perf_counter() - started, 1)
         (config.out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False))
         (config.out / "results.md").write_text(results_markdown(results))
@@ -148,6 +162,26 @@ def run_removal(config: DemoConfig) -> dict:
                                                        config.settings.seed), items, progress=bar.update)
     write_removal_panels(config.out, items[: config.panels], outputs, TOY_EFFECT_OPTIONS)
     return {"scenes": len(items), "steps": config.removal_steps, "rows": table}
+
+
+def run_insertion(config: DemoConfig) -> dict:
+    """The insertion table on held-out one-object toy pairs whose factual scene is the target; writes panels."""
+    from .insertion import evaluate_insertion, insertion_pairs, missing_models, toy_inserters
+    from .removal import TOY_EFFECT_OPTIONS
+
+    missing = missing_models(config.insertion_models)
+    if missing:
+        return {"skipped": f"no toy insertion models {', '.join(missing)} in {config.insertion_models}: train them "
+                           "with the commands in the README (python -m segdrop.training bootstrap / insertion), copy "
+                           "out/<name>/model to <models>/<name> or pass --insertion-models"}
+    card = config.insertion_models / "toy_insertion" / "segdrop_model.json"
+    size = int(json.loads(card.read_text()).get("image_size", 64)) if card.is_file() else 64
+    pairs = insertion_pairs("insertion", config.insertion_scenes, config.settings.seed, size)
+    inserters = toy_inserters(config.insertion_models, config.insertion_steps, config.settings.seed, TOY_EFFECT_OPTIONS)
+    with tqdm(total=len(inserters) * len(pairs), desc="evaluate: object insertion", unit="image") as bar:
+        table, outputs = evaluate_insertion(inserters, pairs, progress=bar.update)
+    write_insertion_panels(config.out, pairs[: config.panels], outputs["bootstrap"], TOY_EFFECT_OPTIONS)
+    return {"scenes": len(pairs), "steps": config.insertion_steps, "rows": table}
 
 
 def evaluate_folder(folder: Path, checkpoint: Path, out: Path, split: str | None = None,
@@ -212,6 +246,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refinement-models", type=Path, default=DemoConfig.refinement_models,
                         help="folder holding toy_background/ (m′) and the toy_segmenter_*.safetensors files; default: "
                              "the pack's models/")
+    parser.add_argument("--insertion", action=argparse.BooleanOptionalAction, default=True,
+                        help="score object insertion (naive paste, without and with bootstrap) with the committed toy "
+                             "models (--no-insertion skips it)")
+    parser.add_argument("--insertion-scenes", type=int, default=DemoConfig.insertion_scenes,
+                        help="held-out one-object scenes for the insertion table")
+    parser.add_argument("--insertion-steps", type=int, default=DemoConfig.insertion_steps,
+                        help="DDIM steps (paper: 50; the demo's default 20 keeps it fast)")
+    parser.add_argument("--insertion-models", type=Path, default=DemoConfig.insertion_models,
+                        help="folder holding toy_insertion/ (bootstrap, stage 1 + 2) and toy_insertion_real/ (real "
+                             "pairs only); default: the pack's models/")
     _settings_arguments(parser)
 
 
@@ -230,7 +274,9 @@ def demo_main(args: argparse.Namespace) -> int:
                         removal=args.removal, removal_scenes=args.removal_scenes, removal_steps=args.removal_steps,
                         removal_models=args.removal_models, refinement=args.refinement,
                         refinement_scenes=args.refinement_scenes, refinement_steps=args.refinement_steps,
-                        refinement_models=args.refinement_models)
+                        refinement_models=args.refinement_models, insertion=args.insertion,
+                        insertion_scenes=args.insertion_scenes, insertion_steps=args.insertion_steps,
+                        insertion_models=args.insertion_models)
     results = run_demo(config)
     print(results_markdown(results))
     print(f"Wrote {config.out / 'results.md'}, results.json and picture panels.")

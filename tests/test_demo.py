@@ -50,7 +50,8 @@ def square_image(size: int = 32) -> LabelledImage:
 
 def test_demo_writes_results_and_panels(random_bundle, tmp_path):
     config = demo.DemoConfig(out=tmp_path / "out", checkpoint=random_bundle, scenes=3, validation_scenes=2, panels=2,
-                             localization=True, settings=FAST, removal=False, refinement=False)
+                             localization=True, settings=FAST, removal=False, refinement=False,
+                             insertion=False)
     results = demo.run_demo(config)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
@@ -191,7 +192,7 @@ def test_demo_runs_on_a_diffusers_sd_folder(tmp_path):
     (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     config = demo.DemoConfig(out=tmp_path / "out", checkpoint=root, scenes=2, validation_scenes=1, panels=1,
                              settings=EvalSettings(t0=2, tau_candidates=(1.1,)), removal=False,
-                             refinement=False)
+                             refinement=False, insertion=False)
     results = demo.run_demo(config)
     assert results["image_size"] == [128, 128]
     assert (tmp_path / "out" / "scene_00.png").exists()

@@ -55,7 +55,7 @@ def test_refinement_rows_run_and_the_demo_reports_them(toy_models, tmp_path):
 
     config = job.DemoConfig(out=tmp_path / "out", checkpoint=toy_models / M_PRIME, scenes=2, validation_scenes=1,
                             panels=1, settings=EvalSettings(t0=2, tau_candidates=(1.1,)), removal=False,
-                            refinement_scenes=2, refinement_steps=2, refinement_models=toy_models)
+                            insertion=False, refinement_scenes=2, refinement_steps=2, refinement_models=toy_models)
     results = job.run_demo(config)
     assert set(results["refinement"]) == {"prelim", "refined", *SEGMENTER_ROWS}
     assert set(results["refinement"]["refined"]) == {"iou_pooled", "iou_mean"}

@@ -1,0 +1,128 @@
+"""Scoring ObjectDrop insertion against the true factual scene: PSNR overall, in the inserted object's shadow and
+in its reflection.
+
+A pair is a held-out toy scene, one of its objects (``toyworld.chosen_object``) and the scene re-rendered without
+that object and its effects; the other objects and their shadows stay, so the scene itself shows where the light
+comes from, as a photo does. The input is the naive paste ``y = M·x + (1 - M)·background`` (the object exactly,
+no shadow, no reflection), the target the factual scene x. An inserter is any function
+``(composites uint8 (B, H, W, 3), masks bool (B, H, W)) -> uint8 (B, H, W, 3)``. Scores:
+
+* ``psnr``: mean over images of the per-image PSNR against the factual scene (the paper's Table 1 protocol);
+* ``psnr_shadow`` / ``psnr_reflection``: PSNR of the squared error pooled over the inserted object's shadow /
+  reflection pixels of all images (pooled, as the removal table: regions are small and many scenes have no
+  reflection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .removal import psnr_from_mse, sampled_remover, squared_error
+
+Inserter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+TOY_INSERTION_MODELS = {"no_bootstrap": "toy_insertion_real", "bootstrap": "toy_insertion"}
+"""Table row -> committed model folder: real pairs only; bootstrap pairs (stage 1) then real pairs (stage 2)."""
+
+
+@dataclass(frozen=True)
+class InsertionPair:
+    """One scored insertion: uint8 images, bool masks, all ``(H, W[, 3])``."""
+
+    factual: np.ndarray  # the scene with the object and its effects: the target
+    background: np.ndarray  # the scene without the object and its effects
+    mask: np.ndarray  # the object's visible pixels
+    shadow: np.ndarray  # the object's own shadow (outside every object)
+    reflection: np.ndarray  # the object's own reflection (outside every object)
+
+    @property
+    def composite(self) -> np.ndarray:
+        """The naive paste: the object's pixels over the background, no effects."""
+        return np.where(self.mask[..., None], self.factual, self.background)
+
+
+def insertion_pairs(split: str, count: int, seed: int, size: int) -> list[InsertionPair]:
+    """``count`` held-out one-object pairs of ``split`` (scene seeds as ``toyworld.write_object_pairs``; scenes
+    without objects are skipped, so the scenes are the first ``count`` with one)."""
+    from .. import toyworld
+    from ..toyworld.dataset import to_uint8
+
+    pairs, index = [], 0
+    while len(pairs) < count:
+        scene = toyworld.make_scene(toyworld.scene_seed(seed, split, index), size=size)
+        index += 1
+        if not scene.objects:
+            continue
+        k = toyworld.chosen_object(scene)
+        obj = scene.objects[k]
+        outside = ~scene.object_mask
+        pairs.append(InsertionPair(to_uint8(scene.image), to_uint8(scene.counterfactual_without(k)), obj.mask.copy(),
+                                   obj.shadow_mask & outside, obj.reflection_mask & outside))
+    return pairs
+
+
+def naive_paste(composites: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The do-nothing inserter: the composite as it is (the first row of the table)."""
+    return np.asarray(composites).copy()
+
+
+def insertion_scores(outputs: Sequence[np.ndarray], pairs: Sequence[InsertionPair]) -> dict[str, float | None]:
+    """Scores (module notes) of ``outputs`` against the pairs' factual scenes; a region no pair has is None."""
+    per_image, sums, counts = [], {"shadow": 0.0, "reflection": 0.0}, {"shadow": 0, "reflection": 0}
+    for output, pair in zip(outputs, pairs):
+        error = squared_error(output, pair.factual)
+        per_image.append(psnr_from_mse(float(error.mean())))
+        for name, region in (("shadow", pair.shadow), ("reflection", pair.reflection)):
+            sums[name] += float(error[region].sum())
+            counts[name] += int(region.sum())
+    scores: dict[str, float | None] = {"psnr": float(np.mean(per_image))}
+    for name in ("shadow", "reflection"):
+        scores[f"psnr_{name}"] = psnr_from_mse(sums[name] / counts[name]) if counts[name] else None
+    return scores
+
+
+def evaluate_insertion(inserters: dict[str, Inserter], pairs: Sequence[InsertionPair], batch: int = 10,
+                       progress: Callable[[int], None] | None = None) -> tuple[dict[str, dict], dict[str, list]]:
+    """Run every inserter on the pairs' composites and masks and score it; returns (scores by row, outputs by row)."""
+    composites = np.stack([pair.composite for pair in pairs])
+    masks = np.stack([pair.mask for pair in pairs])
+    table, outputs = {}, {}
+    for name, inserter in inserters.items():
+        rows = []
+        for start in range(0, len(pairs), batch):
+            result = np.asarray(inserter(composites[start : start + batch], masks[start : start + batch]))
+            if result.shape != composites[start : start + batch].shape or result.dtype != np.uint8:
+                raise ValueError(f"Inserter {name!r} returned {result.shape} {result.dtype}; expected uint8 images "
+                                 "of the input's shape.")
+            rows.extend(result)
+            if progress is not None:
+                progress(len(result))
+        outputs[name] = rows
+        table[name] = insertion_scores(rows, pairs)
+    return table, outputs
+
+
+def missing_models(models: Path) -> list[str]:
+    return [name for name in TOY_INSERTION_MODELS.values() if not (models / name).is_dir()]
+
+
+def toy_inserters(models: Path, steps: int = 50, seed: int = 0, effect_options: dict | None = None
+                  ) -> dict[str, Inserter]:
+    """The insertion table's rows on the committed toy models: paste, no_bootstrap, bootstrap. A model samples
+    from noise with the composite and the mask, and its output is pasted through the effect-aware mask (object ∪
+    changed region), as SegDrop_ObjectDropInsert does (the same sampler and composite as removal's)."""
+    from ..training.bundle import load_bundle
+
+    missing = missing_models(models)
+    if missing:
+        raise FileNotFoundError(f"No toy insertion models {missing} in {models}: train them with the commands in the "
+                                "README (python -m segdrop.training bootstrap / insertion), then copy out/<name>/model "
+                                "to <models>/<name>.")
+    rows: dict[str, Inserter] = {"paste": naive_paste}
+    for row, name in TOY_INSERTION_MODELS.items():
+        rows[row] = sampled_remover(load_bundle(models / name), gray_masked=False, composite="effects", steps=steps,
+                                    seed=seed, effect_options=effect_options)
+    return rows
