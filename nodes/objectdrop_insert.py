@@ -20,8 +20,9 @@ from .objectdrop import (
 from .types import CATEGORY
 
 INSERTION_MODEL_FIX = (
-    "load the ObjectDrop insertion checkpoint (an SD model widened to 9 input channels by training/"
-    "train_insertion.py, saved in the SD-inpainting layout) with Load Checkpoint."
+    "load the ObjectDrop insertion checkpoint (an SD UNet widened to 9 input channels by training/"
+    "train_insertion.py, saved in the SD-inpainting layout as unet_ldm.safetensors) with Load Diffusion Model, "
+    "and take CLIP and VAE from its base SD checkpoint."
 )
 MAX_POSITION = 16384
 

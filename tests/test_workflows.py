@@ -162,3 +162,30 @@ def test_distillation_guidance_workflow_is_core_ksampler_cfg_between_the_two_pro
     ui = json.loads((FOLDER / "distillation_guidance.json").read_text())
     ksampler = next(node for node in ui["nodes"] if node["type"] == "KSampler")
     assert ksampler["widgets_values"][:3] == [0, "fixed", 50]  # seed, control_after_generate, steps
+
+
+def test_object_insertion_workflow_wiring():
+    """Load Diffusion Model (the insertion UNet) + Load Checkpoint (CLIP, VAE) -> ObjectDrop Insert <- Load Image
+    (background) and Load Image (cut-out, its alpha MASK through InvertMask); image, composite and the effect mask
+    are previewed; the paper's sampling (50 steps, cfg 1, 512 px)."""
+    api = json.loads(build.api_path("object_insertion", FOLDER).read_text())
+    by_type = {node["class_type"]: node_id for node_id, node in api.items()}
+    insert_id = by_type["SegDrop_ObjectDropInsert"]
+    insert = api[insert_id]["inputs"]
+    unet, loader, invert = by_type["UNETLoader"], by_type["CheckpointLoaderSimple"], by_type["InvertMask"]
+    assert api[unet]["inputs"] == {"unet_name": build.INSERTION_UNET, "weight_dtype": "default"}
+    assert insert["model"] == [unet, 0] and insert["clip"] == [loader, 1] and insert["vae"] == [loader, 2]
+    images = {node["inputs"]["image"]: node_id for node_id, node in api.items() if node["class_type"] == "LoadImage"}
+    background, cutout = images[build.INSERTION_BACKGROUND], images[build.INSERTION_OBJECT]
+    assert background != cutout and "upload" not in api[background]["inputs"]
+    assert insert["background"] == [background, 0] and insert["object_image"] == [cutout, 0]
+    assert insert["object_mask"] == [invert, 0] and api[invert]["inputs"] == {"mask": [cutout, 1]}
+    assert "placement_mask" not in insert
+    assert insert["steps"] == 50 and insert["cfg"] == 1.0 and insert["resolution"] == 512 and insert["mask_grow"] == 0
+    mask_image = by_type["MaskToImage"]
+    assert api[mask_image]["inputs"]["mask"] == [insert_id, 2]
+    previewed = {tuple(node["inputs"]["images"]) for node in api.values() if node["class_type"] == "PreviewImage"}
+    assert previewed == {(insert_id, 0), (insert_id, 1), (mask_image, 0)}
+    ui = json.loads((FOLDER / "object_insertion.json").read_text())
+    unet_node = next(node for node in ui["nodes"] if node["type"] == "UNETLoader")
+    assert unet_node["widgets_values"] == [build.INSERTION_UNET, "default"]

@@ -17,6 +17,9 @@ committed toy models (``models/toy_background`` = m′, ``models/toy_removal``),
 * object_removal: input | object mask | the toy ObjectDrop model's removal (50 DDIM steps, pasted inside the
   effect-aware mask) | the toy world's true counterfactual, on the first held-out removal scene with both a
   shadow and a reflection.
+* object_insertion: background | the object pasted naively (what ObjectDrop Insert conditions on) | the toy
+  world's true scene with the object's shadow and reflection, on the object_removal card's scene. A PLACEHOLDER
+  without a model output: no insertion model is committed yet (TODO below, ``insertion_tiles``).
 
 The toy models are small and trained briefly, so their samples are rough (grainy, stray blobs, faint leftovers);
 the cards show them as they are. Run ``python workflows/build_thumbnails.py [NAME ...]`` (all cards: a few
@@ -49,10 +52,11 @@ TITLES = {
                               (f"s = {GUIDANCE_SCALES[0]:g}: object", f"s = {GUIDANCE_SCALES[1]:g}: background")),
     "object_removal": ("Object removal", "ObjectDrop: object + shadow out",
                        ("image", "mask", "removed", "truth")),
+    "object_insertion": ("Object insertion", "ObjectDrop: object + shadow in", ("background", "pasted", "truth")),
 }
-SIDE_BY_SIDE = {"distillation_guidance": {1}, "object_removal": {3}}
+SIDE_BY_SIDE = {"distillation_guidance": {1}, "object_removal": {3}, "object_insertion": {2}}
 """Columns that are a comparison, not the next step (drawn without the arrow before them)."""
-CARDS = (*SCENES, "foreground_refine", "distillation_guidance", "object_removal")
+CARDS = (*SCENES, "foreground_refine", "distillation_guidance", "object_removal", "object_insertion")
 
 
 def _tiles(name: str, bundle, items) -> list[list[np.ndarray]]:
@@ -147,6 +151,23 @@ def removal_tiles(item) -> list[list[np.ndarray]]:
     return [[image / 255, _grey(item.foreground), removed.astype(np.float32) / 255, truth / 255]]
 
 
+def insertion_tiles(item) -> list[list[np.ndarray]]:
+    """object_insertion: background (the toy world's counterfactual: the scene without the objects and their
+    effects) | the naive paste ``M·x + (1 - M)·background`` (the objects exactly, no shadow, no reflection: the
+    composite ObjectDrop Insert conditions on) | the true scene x, with the shadows and reflections an insertion
+    model should add.
+
+    TODO(insertion model): no insertion model is committed yet, so the card shows no model output. Once
+    ``models/toy_insertion`` (the `insertion` recipe's toy model) is committed, add an "inserted" column between
+    "pasted" and "truth" (its 50-step sample from the composite and M, stitched inside the effect-aware mask as
+    ObjectDrop Insert does), update ``TITLES["object_insertion"]``/``SIDE_BY_SIDE`` and the module docstring, and
+    redraw with ``python workflows/build_thumbnails.py object_insertion``."""
+    image, background = _uint8(item.rgb), _uint8(item.counterfactual)
+    mask = np.asarray(item.foreground, bool)
+    pasted = np.where(mask[..., None], image, background)
+    return [[background / 255, pasted / 255, image / 255]]
+
+
 def _uint8(picture) -> np.ndarray:
     picture = np.asarray(picture)
     return picture if picture.dtype == np.uint8 else np.rint(np.asarray(picture, np.float32) * 255).astype(np.uint8)
@@ -189,6 +210,11 @@ def write_object_removal(folder: Path = HERE) -> Path:
     """``object_removal.jpg`` (see removal_tiles and removal_scene)."""
     torch.manual_seed(SEED)
     return _save(draw_card("object_removal", removal_tiles(removal_scene())), folder, "object_removal")
+
+
+def write_object_insertion(folder: Path = HERE) -> Path:
+    """``object_insertion.jpg`` (see insertion_tiles; a placeholder until an insertion model is committed)."""
+    return _save(draw_card("object_insertion", insertion_tiles(removal_scene())), folder, "object_insertion")
 
 
 def draw_card(name: str, rows: list[list[np.ndarray]], subtitle: str | None = None):
@@ -247,6 +273,8 @@ def write_all(folder: Path = HERE, names: tuple[str, ...] = CARDS) -> list[Path]
         written += write_concept_distillation(folder, bundle, distillation)
     if "object_removal" in names:
         written.append(write_object_removal(folder))
+    if "object_insertion" in names:
+        written.append(write_object_insertion(folder))
     return written
 
 

@@ -26,10 +26,12 @@ API_FOLDER = "api"
 # node type -> (input sockets [(name, type)], widget names in order, output sockets [(name, type)])
 NODE_TYPES: dict[str, tuple[list, list, list]] = {
     "CheckpointLoaderSimple": ([], ["ckpt_name"], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "UNETLoader": ([], ["unet_name", "weight_dtype"], [("MODEL", "MODEL")]),
     "LoadImage": ([], ["image", "upload"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
     "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [], [("LATENT", "LATENT")]),
     "PreviewImage": ([("images", "IMAGE")], [], []),
     "MaskToImage": ([("mask", "MASK")], [], [("IMAGE", "IMAGE")]),
+    "InvertMask": ([("mask", "MASK")], [], [("MASK", "MASK")]),
     "LoraLoader": ([("model", "MODEL"), ("clip", "CLIP")], ["lora_name", "strength_model", "strength_clip"],
                    [("MODEL", "MODEL"), ("CLIP", "CLIP")]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
@@ -88,10 +90,12 @@ IMAGE_PREVIEW_NODES = {"LoadImage", "PreviewImage", "SaveImage"}
 """Nodes that show an image below their widgets (the frontend's image preview widget: at least 220 px)."""
 DISPLAY_NAMES = {
     "CheckpointLoaderSimple": "Load Checkpoint",
+    "UNETLoader": "Load Diffusion Model",
     "LoadImage": "Load Image",
     "VAEEncode": "VAE Encode",
     "PreviewImage": "Preview Image",
     "MaskToImage": "Convert Mask to Image",
+    "InvertMask": "InvertMask",
     "SegDrop_AttentionCapture": "Attention Capture",
     "SegDrop_GMMBinarize": "GMM Binarize (concept distillation)",
     "SegDrop_KLMergeSegment": "KL Merge Segment (DiffSeg)",
@@ -202,6 +206,18 @@ INPAINTING_CHECKPOINT = "sd-v1-5-inpainting.ckpt"
 REMOVAL_LORA = "objectdrop_removal_sd15.safetensors"
 REMOVAL_IMAGE = "example_with_alpha_mask.png"
 """Load Image's MASK is the PNG's alpha (paint the object in ComfyUI's mask editor)."""
+INSERTION_UNET = "objectdrop_insertion_sd15.safetensors"
+"""The ObjectDrop insertion model in ``models/diffusion_models``: an SD1.5 text-to-image UNet widened to the
+SD-inpainting input layout (9 channels: latent, mask, composite latent) and trained by ``python -m segdrop.training
+insertion --base <SD1.5 diffusers folder> ...``; its ``unet_ldm.safetensors`` (ComfyUI/LDM key layout) is this file.
+Load Diffusion Model detects it as SD1.5 with 9 input channels; CLIP and VAE come from the SD1.5 checkpoint it was
+widened from (``CHECKPOINT``: the insertion recipe freezes the text encoder and never touches the VAE)."""
+INSERTION_BACKGROUND = "example.png"
+INSERTION_OBJECT = "example_object_cutout.png"
+"""A cut-out PNG: alpha 255 on the object, 0 around it. Load Image's MASK is 1 - alpha (1 AROUND the object), so an
+InvertMask turns it into the object mask ObjectDrop Insert wants."""
+INSERTION_POSITION = {"x": 128, "y": 192, "scale": 1.0}
+"""Where the trimmed cut-out's top-left corner goes in the background (pixels), and its resize factor."""
 
 
 BACKGROUND_LORA = "concept_distillation_background_sd15.safetensors"
@@ -263,6 +279,25 @@ WORKFLOWS: dict[str, dict] = {
         6: ("PreviewImage", {}, {"images": (4, 2)}),
         7: ("MaskToImage", {}, {"mask": (4, 1)}),
         8: ("PreviewImage", {}, {"images": (7, 0)}),
+    },
+    # ObjectDrop insertion (the paper's bootstrapped insertion model): the cut-out is pasted at (x, y), the insertion
+    # UNet (Load Diffusion Model) samples the crop from the naive composite and the object mask with the empty prompt
+    # (50 steps, cfg 1, as the paper), and the result is stitched back inside the effect-aware mask.
+    "object_insertion": {
+        1: ("UNETLoader", {"unet_name": INSERTION_UNET, "weight_dtype": "default"}, {}),
+        2: ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, {}),
+        3: ("LoadImage", {"image": INSERTION_BACKGROUND, "upload": "image"}, {}),
+        4: ("LoadImage", {"image": INSERTION_OBJECT, "upload": "image"}, {}),
+        5: ("InvertMask", {}, {"mask": (4, 1)}),
+        6: ("SegDrop_ObjectDropInsert", {**INSERTION_POSITION, "seed": 0, "steps": 50, "cfg": 1.0,
+                                         "sampler_name": "euler", "scheduler": "normal", "mask_grow": 0,
+                                         "context": 1.0, "resolution": 512, "effect_threshold": 0.08},
+            {"model": (1, 0), "clip": (2, 1), "vae": (2, 2), "background": (3, 0), "object_image": (4, 0),
+             "object_mask": (5, 0)}),
+        7: ("PreviewImage", {}, {"images": (6, 0)}),
+        8: ("PreviewImage", {}, {"images": (6, 1)}),
+        9: ("MaskToImage", {}, {"mask": (6, 2)}),
+        10: ("PreviewImage", {}, {"images": (9, 0)}),
     },
     # Concept distillation end to end: M_pre from the pretrained model's attention (as the paper, not from m′), then
     # m′ (the base + its background LoRA) repaints M_pre and the refined mask keeps what changed.

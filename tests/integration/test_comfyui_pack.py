@@ -168,10 +168,12 @@ def test_api_workflow_loader_substitutes_checkpoint_and_image(comfyui, tmp_path,
 
 SHIPPED_WORKFLOWS = sorted(p.name for p in (PACK_DIR / "workflows" / "api").glob("*.api.json"))
 LORA_WORKFLOWS = {"object_removal.api.json", "foreground_refine.api.json", "distillation_guidance.api.json"}
-SEGMENTATION_WORKFLOWS = [w for w in SHIPPED_WORKFLOWS if w not in LORA_WORKFLOWS]
+OWN_MODEL_WORKFLOWS = {"object_insertion.api.json"}
+SEGMENTATION_WORKFLOWS = [w for w in SHIPPED_WORKFLOWS if w not in LORA_WORKFLOWS | OWN_MODEL_WORKFLOWS]
 """The segmentation graphs run on the 4-channel tiny checkpoint; object_removal needs the inpainting one and a
 LoRA, and runs in test_comfy_objectdrop.py; foreground_refine and distillation_guidance need the background LoRA
-m′, and run in test_comfy_refine.py."""
+m′, and run in test_comfy_refine.py; object_insertion needs an insertion UNet (Load Diffusion Model), made by the
+insertion recipe in test_comfy_object_insertion.py."""
 
 
 def shipped_graph(comfyui, workflow: str, checkpoint: str, image: str) -> dict:
@@ -184,7 +186,7 @@ def shipped_graph(comfyui, workflow: str, checkpoint: str, image: str) -> dict:
 
 def test_workflows_are_shipped():
     assert SHIPPED_WORKFLOWS == ["distillation_guidance.api.json", "foreground_mask.api.json",
-                                 "foreground_refine.api.json", "object_removal.api.json",
+                                 "foreground_refine.api.json", "object_insertion.api.json", "object_removal.api.json",
                                  "zero_shot_segmentation.api.json"]
 
 
