@@ -109,6 +109,27 @@ def test_composite_formula():
     assert y.dtype == np.uint8 and np.array_equal(y, (mf * x + (1 - mf) * z).astype(np.uint8))
 
 
+def test_effect_composite_keeps_x_away_from_the_object_and_what_the_removal_changed():
+    """z is the removal output pasted through the effect-aware mask: exactly x beyond grow + feather px of the object
+    and of the changed pixels, exactly the output on them; regeneration noise below the threshold is dropped."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(60, 200, (24, 24, 3), dtype=np.uint8)
+    m = np.zeros((24, 24), bool)
+    m[8:12, 8:12] = True
+    raw = np.clip(x.astype(int) + rng.integers(-5, 6, x.shape), 0, 255).astype(np.uint8)  # < 0.08: noise
+    raw[m] = 0  # the object removed
+    raw[13:17, 13:17] = 255  # its shadow removed: changed well above the threshold
+    cfg = bd.BootstrapConfig(composite_min_area=4, composite_grow=1, composite_feather=1)
+    z = bd.effect_composite(x, raw, m, cfg)
+    shadow = np.zeros_like(m)
+    shadow[13:17, 13:17] = True
+    assert np.array_equal(z[m], raw[m]) and np.array_equal(z[shadow], raw[shadow])
+    near = bd.dilate_mask(m | shadow, 2)
+    assert np.array_equal(z[~near], x[~near])  # the noise elsewhere is gone
+    with pytest.raises(ConfigError, match="removal_composite"):
+        bd.check_config(bd.BootstrapConfig(source="a", out="b", removal_model="c", removal_composite="raw"))
+
+
 # ----------------------------------------------------------------------------------------------- builder
 
 

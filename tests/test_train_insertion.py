@@ -190,11 +190,15 @@ def test_bootstrap_folders_are_read_with_read_bootstrap(tmp_path, t2i, toydata, 
     assert load_bundle(out / "model").info["data_kind"] == "bootstrap"
 
 
-def test_toy_config_parses_and_flags_override():
+def test_toy_config_parses_and_flags_override(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where no out/toy_bootstrap exists
     config_path = Path(train_insertion.__file__).parent / "configs" / "toy_insertion.toml"
-    args = train_insertion.build_parser().parse_args(["--config", str(config_path), "--steps", "7", "--stage", "2"])
+    with pytest.raises(train_insertion.ConfigError, match="toy_bootstrap does not exist"):  # stage 1 reads the bootstrap folder
+        train_insertion.resolve(train_insertion.build_parser().parse_args(["--config", str(config_path)]))
+    args = train_insertion.build_parser().parse_args(["--config", str(config_path), "--steps", "7", "--stage", "2",
+                                                      "--data_dir", str(tmp_path)])
     config = train_insertion.resolve(args)
-    assert config.steps == 7 and config.stage == 2 and config.batch_size == 16
+    assert config.steps == 7 and config.stage == 2 and config.batch_size == 16 and config.conv_in_lr_scale == 10.0
     assert config.prediction_type == "v_prediction" and config.base.endswith("models/default")
     assert config.lr_schedule == "constant" and config.lora_rank == 0
 

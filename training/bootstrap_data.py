@@ -8,7 +8,10 @@ Procedure, per image x with a foreground (object) mask M:
 2. bottom-border filter: keep when M covers at most ``max_bottom_touch`` of the image's bottom row (paper: 20 %;
    an object standing on the lower border would have its shadow or reflection cut off);
 3. the REMOVAL model removes the object and its effects: z = removal(x, M) (``conditioned_sample``, DDIM
-   ``--steps``, eta 0, empty prompt, at the model's image size; ``gray_masked`` is read from the bundle card);
+   ``--steps``, eta 0, empty prompt, at the model's image size; ``gray_masked`` is read from the bundle card),
+   then pasted into x through the effect-aware mask (object ∪ changed region, grown, feathered) as
+   SegDrop_ObjectDropRemove does (``--removal_composite effects``, default; ``none`` keeps the raw output, which
+   regenerates every pixel, so y would differ from x everywhere and the effect filter would count that noise);
 4. the object is pasted back without its effects: y = M·x + (1 - M)·z (M binary, so y is exact in uint8);
 5. effect filter: a pixel changed when mean |x - z| over RGB in [0, 1] exceeds ``effect_threshold`` (default 0.08,
    ``removal/effect_mask.py`` DEFAULT_THRESHOLD); the pair is kept when the changed pixels OUTSIDE M dilated by
@@ -90,6 +93,10 @@ class BootstrapConfig:
     effect_threshold: float = 0.08
     effect_dilate: int = 2
     min_effect_area: float = 0.005
+    removal_composite: str = "effects"
+    composite_min_area: int = 16
+    composite_grow: int = 4
+    composite_feather: int = 4
     steps: int = 50
     seed: int = 0
     limit: int = 0
@@ -107,6 +114,12 @@ HELPS = {
     "effect_threshold": "a pixel changed when mean |x - z| over RGB in [0, 1] exceeds this",
     "effect_dilate": "the object mask is dilated by this many px before counting changed pixels outside it",
     "min_effect_area": "keep pairs whose changed pixels outside the dilated mask cover at least this fraction of the image",
+    "removal_composite": "effects: paste the removal output into x through the effect-aware mask (object + changed "
+                         "region, grown, feathered), as ObjectDropRemove does, so z is exactly x away from the object "
+                         "and its effects; none: the raw, fully regenerated output",
+    "composite_min_area": "effect-aware mask: changed pieces smaller than this many px are dropped (node default 16)",
+    "composite_grow": "effect-aware mask: px the object + changed region is grown by (node default 4)",
+    "composite_feather": "effect-aware mask: px of feathered edge (node default 4)",
     "steps": "DDIM steps of the removal model",
     "seed": "base seed; each item's removal seed is drawn from it and the item id",
     "limit": "use only the first N source records (0 = all)",
@@ -128,6 +141,10 @@ def check_config(config: BootstrapConfig) -> None:
         raise ConfigError(f"effect_dilate {config.effect_dilate} must be >= 0")
     if not 0.0 <= config.min_effect_area < 1.0:
         raise ConfigError(f"min_effect_area {config.min_effect_area} must be a fraction of the image in [0, 1)")
+    if config.removal_composite not in ("effects", "none"):
+        raise ConfigError(f"removal_composite {config.removal_composite!r} must be 'effects' or 'none'")
+    if min(config.composite_min_area, config.composite_grow, config.composite_feather) < 0:
+        raise ConfigError("composite_min_area, composite_grow and composite_feather must be >= 0")
     if config.steps < 1:
         raise ConfigError(f"steps {config.steps} must be >= 1")
     if config.limit < 0:
@@ -140,7 +157,8 @@ def check_config(config: BootstrapConfig) -> None:
 def judging_settings(config: BootstrapConfig) -> dict:
     """The settings an item's record depends on: a record judged under other settings is recomputed."""
     keys = ("removal_model", "mask_key", "min_area", "max_area", "max_bottom_touch", "effect_threshold",
-            "effect_dilate", "min_effect_area", "steps", "seed")
+            "effect_dilate", "min_effect_area", "removal_composite", "composite_min_area", "composite_grow",
+            "composite_feather", "steps", "seed")
     out = {k: getattr(config, k) for k in keys}
     out["removal_model"] = str(Path(config.removal_model).resolve())
     return out
@@ -185,6 +203,23 @@ def effect_area_fraction(factual: np.ndarray, background: np.ndarray, mask: np.n
     """Fraction of the image that changed between x and z OUTSIDE the object mask dilated by ``dilate`` px."""
     changed = changed_pixels(factual, background, threshold) & ~dilate_mask(mask, dilate)
     return float(changed.mean())
+
+
+def effect_composite(factual: np.ndarray, removed: np.ndarray, mask: np.ndarray, config: BootstrapConfig) -> np.ndarray:
+    """The removal output pasted into x through the effect-aware mask (``removal.effect_mask``: object ∪ pixels that
+    changed by more than ``effect_threshold``, grown and feathered), as SegDrop_ObjectDropRemove composites: away
+    from the object and its effects z is exactly x, so the effect filter and the insertion model see only what the
+    removal took away, not the model's regeneration noise over the whole image."""
+    import torch
+
+    from ..removal.crop import paste
+    from ..removal.effect_mask import effect_mask
+
+    before = torch.from_numpy(np.ascontiguousarray(factual)).float() / 255
+    after = torch.from_numpy(np.ascontiguousarray(removed)).float() / 255
+    weight = effect_mask(before, after, torch.from_numpy(np.asarray(mask, bool)).float(), config.effect_threshold,
+                         config.composite_min_area, config.composite_grow, config.composite_feather)
+    return np.rint(paste(before, after, weight).numpy() * 255).astype(np.uint8)
 
 
 def composite(factual: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -309,6 +344,8 @@ def build_item(out: Path, item: dict, bundle, config: BootstrapConfig, settings:
     if failed is None:
         seed = item_seed(config.seed, sid, "bootstrap-removal")
         z = conditioned_sample(bundle, x[None], m[None], steps=config.steps, seed=seed, gray_masked=gray_masked)[0]
+        if config.removal_composite == "effects":
+            z = effect_composite(x, z, m, config)
         stats["effect_area"] = effect_area_fraction(x, z, m, config.effect_threshold, config.effect_dilate)
         stats["removal_seed"] = seed
         if stats["effect_area"] < config.min_effect_area:
