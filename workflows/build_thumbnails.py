@@ -18,8 +18,8 @@ committed toy models (``models/toy_background`` = m′, ``models/toy_removal``),
   effect-aware mask) | the toy world's true counterfactual, on the first held-out removal scene with both a
   shadow and a reflection.
 * object_insertion: background | the object pasted naively (what ObjectDrop Insert conditions on) | the toy
-  world's true scene with the object's shadow and reflection, on the object_removal card's scene. A PLACEHOLDER
-  without a model output: no insertion model is committed yet (TODO below, ``insertion_tiles``).
+  insertion model's result (50 DDIM steps, pasted inside the effect-aware mask) | the toy world's true scene with
+  the object's shadow and reflection, on the first held-out one-object insertion pair with a shadow.
 
 The toy models are small and trained briefly, so their samples are rough (grainy, stray blobs, faint leftovers);
 the cards show them as they are. Run ``python workflows/build_thumbnails.py [NAME ...]`` (all cards: a few
@@ -52,9 +52,9 @@ TITLES = {
                               (f"s = {GUIDANCE_SCALES[0]:g}: object", f"s = {GUIDANCE_SCALES[1]:g}: background")),
     "object_removal": ("Object removal", "ObjectDrop: object + shadow out",
                        ("image", "mask", "removed", "truth")),
-    "object_insertion": ("Object insertion", "ObjectDrop: object + shadow in", ("background", "pasted", "truth")),
+    "object_insertion": ("Object insertion", "ObjectDrop: object + shadow in", ("background", "pasted", "inserted", "truth")),
 }
-SIDE_BY_SIDE = {"distillation_guidance": {1}, "object_removal": {3}, "object_insertion": {2}}
+SIDE_BY_SIDE = {"distillation_guidance": {1}, "object_removal": {3}, "object_insertion": {3}}
 """Columns that are a comparison, not the next step (drawn without the arrow before them)."""
 CARDS = (*SCENES, "foreground_refine", "distillation_guidance", "object_removal", "object_insertion")
 
@@ -151,21 +151,33 @@ def removal_tiles(item) -> list[list[np.ndarray]]:
     return [[image / 255, _grey(item.foreground), removed.astype(np.float32) / 255, truth / 255]]
 
 
-def insertion_tiles(item) -> list[list[np.ndarray]]:
-    """object_insertion: background (the toy world's counterfactual: the scene without the objects and their
-    effects) | the naive paste ``M·x + (1 - M)·background`` (the objects exactly, no shadow, no reflection: the
-    composite ObjectDrop Insert conditions on) | the true scene x, with the shadows and reflections an insertion
-    model should add.
+def insertion_pair(count: int = 16):
+    """The object_insertion card's pair: the first held-out one-object "insertion" pair (``demo.insertion``, seed
+    ``SEED``, 64 px) whose object casts a shadow of at least 12 px."""
+    from segdrop.demo.insertion import insertion_pairs
 
-    TODO(insertion model): no insertion model is committed yet, so the card shows no model output. Once
-    ``models/toy_insertion`` (the `insertion` recipe's toy model) is committed, add an "inserted" column between
-    "pasted" and "truth" (its 50-step sample from the composite and M, stitched inside the effect-aware mask as
-    ObjectDrop Insert does), update ``TITLES["object_insertion"]``/``SIDE_BY_SIDE`` and the module docstring, and
-    redraw with ``python workflows/build_thumbnails.py object_insertion``."""
-    image, background = _uint8(item.rgb), _uint8(item.counterfactual)
-    mask = np.asarray(item.foreground, bool)
-    pasted = np.where(mask[..., None], image, background)
-    return [[background / 255, pasted / 255, image / 255]]
+    for pair in insertion_pairs("insertion", count, SEED, 64):
+        if pair.shadow.sum() >= 12:
+            return pair
+    raise RuntimeError(f"None of the first {count} insertion pairs has a visible shadow.")
+
+
+def insertion_tiles(pair) -> list[list[np.ndarray]]:
+    """object_insertion: background (the scene without the object and its effects; other objects stay) | the
+    naive paste ``M·x + (1 - M)·background`` (the composite ObjectDrop Insert conditions on) | the committed toy
+    insertion model's result (``models/toy_insertion``, bootstrap stage 1 + real-pair stage 2: 50 DDIM steps, seed
+    ``SEED``, pasted through the effect-aware mask with the demo's 64-px options, as ObjectDrop Insert does) | the
+    true scene with the object's shadow and reflection."""
+    from segdrop.demo.insertion import TOY_INSERTION_MODELS
+    from segdrop.demo.job import DEFAULT_MODEL
+    from segdrop.demo.removal import TOY_EFFECT_OPTIONS, sampled_remover
+    from segdrop.training.bundle import load_bundle
+
+    model = load_bundle(DEFAULT_MODEL.parent / TOY_INSERTION_MODELS["bootstrap"])
+    inserter = sampled_remover(model, gray_masked=False, composite="effects", effect_options=TOY_EFFECT_OPTIONS,
+                               steps=50, seed=SEED)
+    inserted = inserter(pair.composite[None], pair.mask[None])[0]
+    return [[pair.background / 255, pair.composite / 255, inserted.astype(np.float32) / 255, pair.factual / 255]]
 
 
 def _uint8(picture) -> np.ndarray:
@@ -213,8 +225,9 @@ def write_object_removal(folder: Path = HERE) -> Path:
 
 
 def write_object_insertion(folder: Path = HERE) -> Path:
-    """``object_insertion.jpg`` (see insertion_tiles; a placeholder until an insertion model is committed)."""
-    return _save(draw_card("object_insertion", insertion_tiles(removal_scene())), folder, "object_insertion")
+    """``object_insertion.jpg`` (see insertion_tiles and insertion_pair)."""
+    torch.manual_seed(SEED)
+    return _save(draw_card("object_insertion", insertion_tiles(insertion_pair())), folder, "object_insertion")
 
 
 def draw_card(name: str, rows: list[list[np.ndarray]], subtitle: str | None = None):
