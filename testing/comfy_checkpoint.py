@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,34 @@ def tiny_attention_resolutions(height: int, width: int) -> set[tuple[int, int]]:
 def tiny_attention_layers(height: int, width: int) -> dict[tuple[int, int], int]:
     """How many attn1 (and attn2) layers of the tiny UNet run at each grid for a height x width image."""
     return {(height // factor, width // factor): TINY_UNET_LAYERS[factor] for factor in TINY_UNET_DOWNSAMPLES}
+
+
+def diffusers_text_to_image_folder(folder: Path, twin, words: Sequence[str], image_size: int) -> Path:
+    """A diffusers SD1.x text-to-image folder whose UNet is ``twin`` (the diffusers twin of the tiny 4-channel
+    checkpoint, ``tiny_diffusers_twin(..., inpainting=False)``): a small 4-latent-channel AutoencoderKL (factor 2),
+    a tiny CLIPTextModel as wide as the twin's cross-attention with a word tokenizer over ``words``, the training
+    scheduler and model_index.json: a base the training recipes accept as an SD1.x folder."""
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ..training.tokenizer import write_word_tokenizer
+    from ..training.train_scratch import make_scheduler
+
+    folder.mkdir(parents=True)
+    write_word_tokenizer(list(words), folder / "tokenizer", max_length=8)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=twin.config.cross_attention_dim, intermediate_size=32,
+        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=4, sample_size=image_size)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    twin.save_pretrained(folder / "unet", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    make_scheduler().save_pretrained(folder / "scheduler")
+    return folder

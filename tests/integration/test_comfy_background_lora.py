@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from segdrop.testing.comfy_checkpoint import diffusers_text_to_image_folder
 from segdrop.testing.comfy_lora_checks import (
     captured_warnings,
     comfy_unet_forward,
@@ -43,35 +44,15 @@ COMMON = ["--steps", "2", "--batch_size", "2", "--warmup_steps", "0", "--checkpo
           "--num_threads", "1", "--object_name", OBJECT]
 
 
-def diffusers_text_to_image_folder(folder: Path, twin) -> Path:
-    """A diffusers SD1.x text-to-image folder whose UNet is ``twin`` (4 input channels): a small 4-latent-channel
-    AutoencoderKL (factor 2), a tiny 768-wide CLIPTextModel with a word tokenizer over :data:`WORDS`, the
-    training scheduler and model_index.json."""
-    import torch
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def text_to_image_folder(folder: Path, twin) -> Path:
+    """The shared diffusers SD1.x folder around ``twin``, its word tokenizer over :data:`WORDS`; the recipe's default
+    prompts must be one token per word (bos + 5 words + eos: no letter split)."""
+    from transformers import CLIPTokenizer
 
-    from segdrop.training.tokenizer import write_word_tokenizer
-    from segdrop.training.train_scratch import make_scheduler
-
-    folder.mkdir(parents=True)
-    write_word_tokenizer(list(WORDS), folder / "tokenizer", max_length=8)
+    diffusers_text_to_image_folder(folder, twin, WORDS, IMAGE_SIZE)
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    for prompt in (f"a photo of a {OBJECT}", "a photo of a background"):  # bos + 5 words + eos: no letter split
+    for prompt in (f"a photo of a {OBJECT}", "a photo of a background"):
         assert len(tokenizer(prompt).input_ids) == 7, tokenizer.tokenize(prompt)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=twin.config.cross_attention_dim, intermediate_size=32,
-        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                        norm_num_groups=4, sample_size=IMAGE_SIZE)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    twin.save_pretrained(folder / "unet", safe_serialization=True)
-    vae.save_pretrained(folder / "vae", safe_serialization=True)
-    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-    make_scheduler().save_pretrained(folder / "scheduler")
     return folder
 
 
@@ -112,7 +93,7 @@ def twin(comfyui_session):
 @pytest.fixture(scope="module")
 def workspace(twin, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("background")
-    return {"root": root, "base": diffusers_text_to_image_folder(root / "sd15", twin),
+    return {"root": root, "base": text_to_image_folder(root / "sd15", twin),
             "data": write_mask_folder(root / "masks")}
 
 

@@ -1,6 +1,6 @@
 """The shipped ``object_insertion`` workflow inside a real ComfyUI, through the executor, on an insertion model made
 here by the `insertion` recipe: a diffusers SD1.x TEXT-TO-IMAGE folder around the diffusers twin of the tiny random
-4-channel SD1.5 checkpoint (``test_comfy_background_lora.diffusers_text_to_image_folder``) is widened to 9 input
+4-channel SD1.5 checkpoint (``segdrop.testing.comfy_checkpoint.diffusers_text_to_image_folder``) is widened to 9 input
 channels and trained for 2 steps on 3 generated toy-world pairs (``--generate 3``); its ``unet_ldm.safetensors``
 goes into ComfyUI's ``diffusion_models`` folder and is loaded by the core UNETLoader ("Load Diffusion Model"), CLIP
 and VAE by CheckpointLoaderSimple from ``sd15_tiny``, as the workflow does (random weights: the output is noise, so
@@ -47,14 +47,13 @@ def build_workflows():
 @pytest.fixture(scope="module")
 def trained(comfyui_session, tmp_path_factory) -> dict:
     """The insertion recipe (stage 1, full fine-tune) on a diffusers SD1.x text-to-image folder: 2 steps."""
-    from segdrop.testing.comfy_checkpoint import tiny_diffusers_twin
+    from segdrop.testing.comfy_checkpoint import diffusers_text_to_image_folder, tiny_diffusers_twin
     from segdrop.training import train_insertion
-    from tests.integration.test_comfy_background_lora import diffusers_text_to_image_folder
 
     with comfyui_session.activated():
         twin = tiny_diffusers_twin(comfyui_session, inpainting=False)
     root = tmp_path_factory.mktemp("insertion")
-    base = diffusers_text_to_image_folder(root / "sd15", twin)
+    base = diffusers_text_to_image_folder(root / "sd15", twin, ("a", "photo", "of"), 64)  # the empty prompt only
     out = root / "run"
     started = time.time()
     assert train_insertion.main(["--base", str(base), "--output_dir", str(out), *TRAIN]) == 0
