@@ -12,8 +12,8 @@
 without k): ``factual``/``counterfactual``/``mask`` records as ``training/counterfactual_data.py`` reads them, plus
 ``image`` (= factual) so the bootstrap builder can read it as a source::
 
-    <root>/metadata.jsonl                {"id", "split", "seed", "object", "image", "factual", "counterfactual",
-                                          "mask", "effects_mask"}
+    <root>/metadata.jsonl                {"id", "split", "index", "seed", "object", "image", "factual",
+                                          "counterfactual", "mask", "effects_mask", "caption"}
     <root>/images/<id>.png               the factual scene (all objects, all effects)
     <root>/without/<id>.png              the scene without object k and its effects (others stay)
     <root>/objects/<id>.png              visible mask of object k, 0/255
