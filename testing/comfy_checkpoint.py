@@ -220,11 +220,13 @@ def tiny_attention_layers(height: int, width: int) -> dict[tuple[int, int], int]
     return {(height // factor, width // factor): TINY_UNET_LAYERS[factor] for factor in TINY_UNET_DOWNSAMPLES}
 
 
-def diffusers_text_to_image_folder(folder: Path, twin, words: Sequence[str], image_size: int) -> Path:
-    """A diffusers SD1.x text-to-image folder whose UNet is ``twin`` (the diffusers twin of the tiny 4-channel
-    checkpoint, ``tiny_diffusers_twin(..., inpainting=False)``): a small 4-latent-channel AutoencoderKL (factor 2),
-    a tiny CLIPTextModel as wide as the twin's cross-attention with a word tokenizer over ``words``, the training
-    scheduler and model_index.json: a base the training recipes accept as an SD1.x folder."""
+def diffusers_text_to_image_folder(folder: Path, twin, words: Sequence[str], image_size: int,
+                                   pipeline: str = "StableDiffusionPipeline") -> Path:
+    """A diffusers SD1.x folder whose UNet is ``twin`` (the diffusers twin of the tiny checkpoint,
+    ``tiny_diffusers_twin``): a small 4-latent-channel AutoencoderKL (factor 2), a tiny CLIPTextModel as wide as the
+    twin's cross-attention with a word tokenizer over ``words``, the training scheduler and model_index.json naming
+    ``pipeline`` (``StableDiffusionInpaintPipeline`` around a 9-channel twin): a base the training recipes accept
+    as an SD1.x folder."""
     import torch
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -243,7 +245,7 @@ def diffusers_text_to_image_folder(folder: Path, twin, words: Sequence[str], ima
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
                         norm_num_groups=4, sample_size=image_size)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
     twin.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)

@@ -88,6 +88,26 @@ def make_image(comfyui_session: ComfyUI) -> Callable[..., str]:
     return make
 
 
+@pytest.fixture(scope="session")
+def insert_pictures(comfyui_session: ComfyUI) -> dict[str, str]:
+    """ObjectDrop Insert's inputs as a user has them, in ComfyUI's input folder: a 128x128 gradient background and a
+    40x40 cut-out PNG (a 24x24 red square, alpha 255, in a transparent border). ``{"background", "object"}`` ->
+    file name."""
+    from PIL import Image, ImageDraw
+
+    directory = Path(comfyui_session.folder_paths.get_input_directory())
+    names = {"background": "segdrop_insert_background.png", "object": "segdrop_insert_object.png"}
+    if not (directory / names["background"]).is_file():
+        background = Image.new("RGB", (128, 128))
+        background.putdata([(64 + x // 2, 96 + y // 4, 128) for y in range(128) for x in range(128)])
+        background.save(directory / names["background"])
+    if not (directory / names["object"]).is_file():
+        cut = Image.new("RGBA", (40, 40), (0, 0, 255, 0))
+        ImageDraw.Draw(cut).rectangle([8, 8, 31, 31], fill=(220, 30, 30, 255))
+        cut.save(directory / names["object"])
+    return names
+
+
 @pytest.fixture
 def run_prompt(comfyui: ComfyUI) -> Callable[..., PromptResult]:
     """``run_prompt(api_prompt, fresh_cache=False) -> {node_id: [output slot values]}`` through the real executor."""

@@ -12,7 +12,6 @@ its MASK inverted by the core InvertMask.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import time
 import uuid
@@ -26,6 +25,7 @@ from segdrop.testing.comfy_lora_checks import (
     sample_inputs,
     twin_forward,
 )
+from segdrop.testing.workflow_checks import assert_core_nodes_match, load_build_workflows
 
 pytestmark = pytest.mark.comfyui
 
@@ -35,13 +35,6 @@ INSERT = "SegDrop_ObjectDropInsert"
 FAST = {"steps": 2, "resolution": 64, "context": 0.5, "x": 16, "y": 8, "scale": 1.0}
 TRAIN = ["--generate", "3", "--steps", "2", "--batch_size", "2", "--warmup_steps", "0", "--checkpointing_steps",
          "100", "--lr", "1e-4", "--num_threads", "1", "--save_dtype", "float32"]
-
-
-def build_workflows():
-    spec = importlib.util.spec_from_file_location("segdrop_build_workflows", PACK_DIR / "workflows" / "build_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +68,6 @@ def unet_name(comfyui, trained):
     (folder / name).unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def pictures(comfyui_session) -> dict[str, str]:
-    """A 128x128 gradient background and a 40x40 cut-out (a 24x24 red square, opaque, in a transparent border)."""
-    from PIL import Image, ImageDraw
-
-    directory = Path(comfyui_session.folder_paths.get_input_directory())
-    names = {"background": "segdrop_insertion_wf_background.png", "object": "segdrop_insertion_wf_object.png"}
-    if not (directory / names["background"]).is_file():
-        background = Image.new("RGB", (128, 128))
-        background.putdata([(64 + x // 2, 96 + y // 4, 128) for y in range(128) for x in range(128)])
-        background.save(directory / names["background"])
-    if not (directory / names["object"]).is_file():
-        cut = Image.new("RGBA", (40, 40), (0, 0, 255, 0))
-        ImageDraw.Draw(cut).rectangle([8, 8, 31, 31], fill=(220, 30, 30, 255))
-        cut.save(directory / names["object"])
-    return names
-
-
 def shipped_graph(comfyui, unet_name: str, pictures: dict[str, str]) -> tuple[dict, dict[str, str]]:
     """The shipped API workflow with the trained UNet, the tiny checkpoint, the pictures and fast sampling settings
     substituted; also ``{role: node_id}``."""
@@ -114,7 +89,7 @@ def shipped_graph(comfyui, unet_name: str, pictures: dict[str, str]) -> tuple[di
     return graph, ids
 
 
-def test_shipped_object_insertion_workflow_runs_on_the_recipes_model(comfyui, run_prompt, trained, unet_name, pictures):
+def test_shipped_object_insertion_workflow_runs_on_the_recipes_model(comfyui, run_prompt, trained, unet_name, insert_pictures):
     import comfy.supported_models
     import torch
     from diffusers import UNet2DConditionModel
@@ -128,7 +103,7 @@ def test_shipped_object_insertion_workflow_runs_on_the_recipes_model(comfyui, ru
     assert metadata.get("recipe") == "insertion" and metadata.get("in_channels") == "9", metadata
     assert tuple(conv_in.shape[:2]) == (320, 9)
 
-    graph, ids = shipped_graph(comfyui, unet_name, pictures)
+    graph, ids = shipped_graph(comfyui, unet_name, insert_pictures)
     assert graph[ids["invert"]]["class_type"] == "InvertMask" and graph[ids["invert"]]["inputs"]["mask"] == [ids["object"], 1]
     started = time.time()
     with captured_warnings() as warnings:
@@ -175,28 +150,10 @@ def test_shipped_object_insertion_workflow_runs_on_the_recipes_model(comfyui, ru
 def test_core_nodes_of_the_insertion_workflow_match_comfyui(comfyui):
     """build_workflows' socket and widget lists for the core nodes object_insertion uses are ComfyUI's own
     (``/object_info``'s input_order; Load Image's upload button after its image widget)."""
-    build = build_workflows()
+    build = load_build_workflows()
     used = {node_type for node_type, _, _ in build.WORKFLOWS["object_insertion"].values()
             if not node_type.startswith("SegDrop_")}
     assert used == {"UNETLoader", "CheckpointLoaderSimple", "LoadImage", "InvertMask", "PreviewImage", "MaskToImage"}
+    assert_core_nodes_match(comfyui, build, used)
     for node_type in sorted(used):
-        info = comfyui.node_info(node_type)
-        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
-        order = info["input_order"].get("required", []) + info["input_order"].get("optional", [])
-
-        def is_widget(name: str) -> bool:
-            kind = specs[name][0]
-            return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-
-        expected = []
-        for name in order:
-            if is_widget(name):
-                expected.append(name)
-                options = specs[name][1] if len(specs[name]) > 1 else {}
-                if options.get("image_upload"):
-                    expected.append("upload")
-        sockets, widgets, outputs = build.NODE_TYPES[node_type]
-        assert widgets == expected, node_type
-        assert [name for name, _ in sockets] == [name for name in order if not is_widget(name)], node_type
-        assert [kind for _, kind in outputs] == list(info["output"]), node_type
         assert build.DISPLAY_NAMES[node_type] == comfyui.nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_type, node_type)

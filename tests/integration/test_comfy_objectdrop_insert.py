@@ -8,8 +8,6 @@ Load Image, its MASK (1 - alpha, so 1 around the object) inverted with the core 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.comfyui
@@ -24,24 +22,6 @@ def inpaint_checkpoint(comfyui_session) -> str:
     from segdrop.testing.comfy_checkpoint import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint(comfyui_session, inpainting=True)
-
-
-@pytest.fixture(scope="session")
-def pictures(comfyui_session) -> dict[str, str]:
-    """A 128x128 grey-gradient background and a 40x40 cut-out (a 24x24 red square, opaque, in a transparent border)."""
-    from PIL import Image, ImageDraw
-
-    directory = Path(comfyui_session.folder_paths.get_input_directory())
-    names = {"background": "segdrop_insert_background.png", "object": "segdrop_insert_object.png"}
-    if not (directory / names["background"]).is_file():
-        background = Image.new("RGB", (128, 128))
-        background.putdata([(64 + x // 2, 96 + y // 4, 128) for y in range(128) for x in range(128)])
-        background.save(directory / names["background"])
-    if not (directory / names["object"]).is_file():
-        cut = Image.new("RGBA", (40, 40), (0, 0, 255, 0))
-        ImageDraw.Draw(cut).rectangle([8, 8, 31, 31], fill=(220, 30, 30, 255))
-        cut.save(directory / names["object"])
-    return names
 
 
 def insert_graph(checkpoint: str, pictures: dict[str, str], x: int = 16, y: int = 8, scale: float = 1.0) -> dict:
@@ -63,11 +43,11 @@ def require_node(comfyui) -> None:
         pytest.fail(f"{INSERT} not registered (pack load errors: {comfyui.pack_error.strip()[:2000]})")
 
 
-def test_insert_runs_and_keeps_the_background_far_from_the_object(comfyui, run_prompt, inpaint_checkpoint, pictures):
+def test_insert_runs_and_keeps_the_background_far_from_the_object(comfyui, run_prompt, inpaint_checkpoint, insert_pictures):
     import torch
 
     require_node(comfyui)
-    result = run_prompt(insert_graph(inpaint_checkpoint, pictures, x=16, y=8))
+    result = run_prompt(insert_graph(inpaint_checkpoint, insert_pictures, x=16, y=8))
     background = result["2"][0]
     out, composite, effect = result["5"]
     assert tuple(out.shape) == (1, 128, 128, 3) and tuple(composite.shape) == (1, 128, 128, 3)
@@ -85,19 +65,19 @@ def test_insert_runs_and_keeps_the_background_far_from_the_object(comfyui, run_p
     assert result.ui["6"]["images"] and result.ui["7"]["images"]
 
 
-def test_object_outside_the_background_is_refused(comfyui, run_prompt, inpaint_checkpoint, pictures):
+def test_object_outside_the_background_is_refused(comfyui, run_prompt, inpaint_checkpoint, insert_pictures):
     require_node(comfyui)
     with pytest.raises(comfyui.PromptExecutionError) as caught:
-        run_prompt(insert_graph(inpaint_checkpoint, pictures, x=120, y=8))
+        run_prompt(insert_graph(inpaint_checkpoint, insert_pictures, x=120, y=8))
     error = caught.value
     assert error.node_id == "5" and error.node_type == INSERT
     message = error.exception_message
     assert "lies partly outside the 128x128 background" in message and "x must be 0..104" in message, message
 
 
-def test_text_to_image_checkpoint_is_refused(comfyui, run_prompt, tiny_checkpoint, pictures):
+def test_text_to_image_checkpoint_is_refused(comfyui, run_prompt, tiny_checkpoint, insert_pictures):
     require_node(comfyui)
     with pytest.raises(comfyui.PromptExecutionError) as caught:
-        run_prompt(insert_graph(tiny_checkpoint, pictures))
+        run_prompt(insert_graph(tiny_checkpoint, insert_pictures))
     assert "4 input channels" in caught.value.exception_message
     assert "insertion checkpoint" in caught.value.exception_message

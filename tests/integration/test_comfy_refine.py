@@ -9,10 +9,11 @@ and the model is unchanged.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from segdrop.testing.workflow_checks import assert_core_nodes_match, load_build_workflows
 
 pytestmark = pytest.mark.comfyui
 
@@ -20,13 +21,6 @@ REFINE = "SegDrop_BackgroundInpaintRefine"
 PACK_DIR = Path(__file__).resolve().parents[2]
 ZERO_LORA = "segdrop_zero_background_lora.safetensors"
 FAST = {"prompt": "a photo of a background", "seed": 0, "steps": 2, "eta": 0.0, "postprocess": False}
-
-
-def build_workflows():
-    spec = importlib.util.spec_from_file_location("segdrop_build_workflows", PACK_DIR / "workflows" / "build_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def alpha_masked_image(directory: Path, width: int, height: int, name: str) -> str:
@@ -301,29 +295,8 @@ def test_guidance_scale_zero_samples_the_background_prompt_alone(comfyui, run_pr
 def test_core_node_widgets_of_the_new_workflows_match_comfyui(comfyui):
     """build_workflows' socket and widget lists for the core nodes the new workflows use are ComfyUI's own
     (``/object_info``'s input_order), with the frontend's extra ``control_after_generate`` after a seed."""
-    build = build_workflows()
+    build = load_build_workflows()
     used = {node_type for name in ("foreground_refine", "distillation_guidance")
             for node_type, _, _ in build.WORKFLOWS[name].values() if not node_type.startswith("SegDrop_")}
     assert {"KSampler", "CLIPTextEncode", "EmptyLatentImage", "VAEDecode", "LoraLoader"} <= used
-    for node_type in sorted(used):
-        info = comfyui.node_info(node_type)
-        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
-        order = info["input_order"].get("required", []) + info["input_order"].get("optional", [])
-
-        def is_widget(name: str) -> bool:
-            kind = specs[name][0]
-            return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-
-        sockets, widgets, outputs = build.NODE_TYPES[node_type]
-        expected = []
-        for name in order:
-            if is_widget(name):
-                expected.append(name)
-                options = specs[name][1] if len(specs[name]) > 1 else {}
-                if options.get("control_after_generate"):
-                    expected.append("control_after_generate")
-                if options.get("image_upload"):
-                    expected.append("upload")
-        assert widgets == expected, node_type
-        assert [name for name, _ in sockets] == [name for name in order if not is_widget(name)], node_type
-        assert [kind for _, kind in outputs] == list(info["output"]), node_type
+    assert_core_nodes_match(comfyui, build, used)

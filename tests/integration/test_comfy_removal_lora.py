@@ -30,35 +30,13 @@ LR = "5e-3"  # peft starts lora_B at zero: large enough that 2 Adam steps move i
 
 
 def diffusers_inpainting_folder(folder: Path, twin) -> Path:
-    """A diffusers SD1.x inpainting folder whose UNet is ``twin``: a small 4-latent-channel AutoencoderKL
-    (factor 2; only the UNet LoRA matters here), a tiny 768-wide CLIPTextModel with a word tokenizer, the
-    training scheduler and model_index.json."""
-    import torch
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
+    """A diffusers SD1.x inpainting folder whose UNet is ``twin`` (``diffusers_text_to_image_folder`` with the
+    inpainting pipeline name), its word tokenizer over the toy vocabulary: only the UNet LoRA matters here."""
+    from segdrop.testing.comfy_checkpoint import diffusers_text_to_image_folder
     from segdrop.toyworld import vocabulary
-    from segdrop.training.tokenizer import write_word_tokenizer
-    from segdrop.training.train_scratch import make_scheduler
 
-    folder.mkdir(parents=True)
     words = sorted({w.lower() for w in vocabulary()} | {"a", "photo", "of", "and"})
-    write_word_tokenizer(words, folder / "tokenizer", max_length=8)
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=twin.config.cross_attention_dim, intermediate_size=32,
-        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                        norm_num_groups=4, sample_size=IMAGE_SIZE)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
-    twin.save_pretrained(folder / "unet", safe_serialization=True)
-    vae.save_pretrained(folder / "vae", safe_serialization=True)
-    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-    make_scheduler().save_pretrained(folder / "scheduler")
-    return folder
+    return diffusers_text_to_image_folder(folder, twin, words, IMAGE_SIZE, pipeline="StableDiffusionInpaintPipeline")
 
 
 @pytest.fixture(scope="module")
