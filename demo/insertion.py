@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .removal import psnr_from_mse, sampled_remover, squared_error
+from .removal import psnr_from_mse, run_in_batches, sampled_remover, squared_error
 
 Inserter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 TOY_INSERTION_MODELS = {"no_bootstrap": "toy_insertion_real", "bootstrap": "toy_insertion"}
@@ -91,17 +91,8 @@ def evaluate_insertion(inserters: dict[str, Inserter], pairs: Sequence[Insertion
     masks = np.stack([pair.mask for pair in pairs])
     table, outputs = {}, {}
     for name, inserter in inserters.items():
-        rows = []
-        for start in range(0, len(pairs), batch):
-            result = np.asarray(inserter(composites[start : start + batch], masks[start : start + batch]))
-            if result.shape != composites[start : start + batch].shape or result.dtype != np.uint8:
-                raise ValueError(f"Inserter {name!r} returned {result.shape} {result.dtype}; expected uint8 images "
-                                 "of the input's shape.")
-            rows.extend(result)
-            if progress is not None:
-                progress(len(result))
-        outputs[name] = rows
-        table[name] = insertion_scores(rows, pairs)
+        outputs[name] = run_in_batches(inserter, composites, masks, batch, progress, f"Inserter {name!r}")
+        table[name] = insertion_scores(outputs[name], pairs)
     return table, outputs
 
 

@@ -81,18 +81,26 @@ def evaluate_removal(removers: dict[str, Remover], items: Sequence[LabelledImage
     masks = np.stack([item.foreground for item in items])
     table, outputs = {}, {}
     for name, remover in removers.items():
-        rows = []
-        for start in range(0, len(items), batch):
-            result = np.asarray(remover(images[start : start + batch], masks[start : start + batch]))
-            if result.shape != images[start : start + batch].shape or result.dtype != np.uint8:
-                raise ValueError(f"Remover {name!r} returned {result.shape} {result.dtype}; expected uint8 images "
-                                 "of the input's shape.")
-            rows.extend(result)
-            if progress is not None:
-                progress(len(result))
-        outputs[name] = rows
-        table[name] = removal_scores(rows, items, images)
+        outputs[name] = run_in_batches(remover, images, masks, batch, progress, f"Remover {name!r}")
+        table[name] = removal_scores(outputs[name], items, images)
     return table, outputs
+
+
+def run_in_batches(method: Callable[[np.ndarray, np.ndarray], np.ndarray], images: np.ndarray, masks: np.ndarray,
+                   batch: int, progress: Callable[[int], None] | None, what: str) -> list[np.ndarray]:
+    """``method`` (a remover or an inserter) on ``batch``-sized slices of uint8 ``images`` and their ``masks``;
+    each result must be uint8 images of its slice's shape (else a ValueError naming ``what``). Returns the
+    outputs, one per image."""
+    rows = []
+    for start in range(0, len(images), batch):
+        result = np.asarray(method(images[start : start + batch], masks[start : start + batch]))
+        if result.shape != images[start : start + batch].shape or result.dtype != np.uint8:
+            raise ValueError(f"{what} returned {result.shape} {result.dtype}; expected uint8 images of the input's "
+                             "shape.")
+        rows.extend(result)
+        if progress is not None:
+            progress(len(result))
+    return rows
 
 
 def _dilate(masks: np.ndarray, pixels: int) -> np.ndarray:

@@ -49,25 +49,12 @@ def write_removal_panels(out: Path, items: Sequence[LabelledImage], outputs: dic
 
     The effect mask is ``removal.effect_mask`` of the image and ObjectDrop's output with ``effect_options`` (the
     ones its composite used), computed again here: the composite mask ObjectDrop pasted through."""
-    from PIL import Image
-
-    from ..removal.effect_mask import effect_mask
-
     paths = []
     for index, item in enumerate(items):
-        h, w = item.size
-        mask = np.repeat(item.foreground[..., None], 3, axis=-1).astype(np.float32)
         removed = outputs["objectdrop"][index] / 255.0
-        effects = effect_mask(torch.from_numpy(item.rgb.astype(np.float32)), torch.from_numpy(removed.astype(np.float32)),
-                              torch.from_numpy(item.foreground).float(), **(effect_options or {})).numpy()
-        tiles = [item.rgb, mask, outputs["inpaint"][index] / 255.0, removed,
-                 np.repeat(effects[..., None], 3, axis=-1), as_float_image(item.counterfactual)]
-        gap = np.ones((h, 2, 3), np.float32)
-        row = np.concatenate([t for tile in tiles for t in (np.asarray(tile, np.float32), gap)][:-1], axis=1)
-        scale = max(1, 256 // h)
-        picture = (np.clip(row, 0, 1) * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
-        paths.append(out / f"removal_{index:02d}.png")
-        Image.fromarray(picture).save(paths[-1])
+        tiles = [item.rgb, _grey(item.foreground), outputs["inpaint"][index] / 255.0, removed,
+                 _effect_tile(item.rgb, removed, item.foreground, effect_options), as_float_image(item.counterfactual)]
+        paths.append(_save_row(tiles, out / f"removal_{index:02d}.png"))
     return paths
 
 
@@ -75,49 +62,54 @@ def write_insertion_panels(out: Path, pairs: Sequence, inserted: Sequence[np.nda
                            effect_options: dict | None = None) -> list[Path]:
     """One PNG per pair: background | naive paste | inserted (with bootstrap) | its effect mask | truth. The effect
     mask is ``removal.effect_mask`` of the paste and the output with ``effect_options``, as the composite used."""
-    from PIL import Image
-
-    from ..removal.effect_mask import effect_mask
-
     paths = []
     for index, (pair, output) in enumerate(zip(pairs, inserted)):
-        h, w = pair.mask.shape
         paste = pair.composite / 255.0
-        effects = effect_mask(torch.from_numpy(paste.astype(np.float32)),
-                              torch.from_numpy((output / 255.0).astype(np.float32)),
-                              torch.from_numpy(pair.mask).float(), **(effect_options or {})).numpy()
-        tiles = [pair.background / 255.0, paste, output / 255.0, np.repeat(effects[..., None], 3, axis=-1),
-                 pair.factual / 255.0]
-        gap = np.ones((h, 2, 3), np.float32)
-        row = np.concatenate([t for tile in tiles for t in (np.asarray(tile, np.float32), gap)][:-1], axis=1)
-        scale = max(1, 256 // h)
-        picture = (np.clip(row, 0, 1) * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
-        paths.append(out / f"insertion_{index:02d}.png")
-        Image.fromarray(picture).save(paths[-1])
+        tiles = [pair.background / 255.0, paste, output / 255.0,
+                 _effect_tile(paste, output / 255.0, pair.mask, effect_options), pair.factual / 255.0]
+        paths.append(_save_row(tiles, out / f"insertion_{index:02d}.png"))
     return paths
 
 
 def write_refinement_panels(out: Path, items: Sequence[LabelledImage], pictures: dict[str, list]) -> list[Path]:
     """One PNG per scene: image | M_pre | background inpainting | |x - x̂| | refined | segmenter (D′) | truth."""
-    from PIL import Image
-
-    def grey(mask) -> np.ndarray:
-        return np.repeat(np.asarray(mask, np.float32)[..., None], 3, axis=-1)
-
     paths = []
     for index, item in enumerate(items):
-        h, w = item.size
         difference = np.asarray(pictures["difference"][index], np.float32)
-        tiles = [item.rgb, grey(pictures["prelim"][index]), pictures["inpainted"][index] / 255.0,
-                 grey(difference / max(float(difference.max()), 1e-6)), grey(pictures["refined"][index]),
-                 grey(pictures["segmenter_synthetic"][index]), grey(item.foreground)]
-        gap = np.ones((h, 2, 3), np.float32)
-        row = np.concatenate([t for tile in tiles for t in (np.asarray(tile, np.float32), gap)][:-1], axis=1)
-        scale = max(1, 256 // h)
-        picture = (np.clip(row, 0, 1) * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
-        paths.append(out / f"refinement_{index:02d}.png")
-        Image.fromarray(picture).save(paths[-1])
+        tiles = [item.rgb, _grey(pictures["prelim"][index]), pictures["inpainted"][index] / 255.0,
+                 _grey(difference / max(float(difference.max()), 1e-6)), _grey(pictures["refined"][index]),
+                 _grey(pictures["segmenter_synthetic"][index]), _grey(item.foreground)]
+        paths.append(_save_row(tiles, out / f"refinement_{index:02d}.png"))
     return paths
+
+
+def _grey(mask) -> np.ndarray:
+    """A mask (or a [0, 1] map) as an (H, W, 3) grey float tile."""
+    return np.repeat(np.asarray(mask, np.float32)[..., None], 3, axis=-1)
+
+
+def _effect_tile(before, after, object_mask, effect_options: dict | None) -> np.ndarray:
+    """``removal.effect_mask`` of ``before`` -> ``after`` (float (H, W, 3) images) around ``object_mask``, as a
+    grey tile: the mask the effect-aware composite pasted through."""
+    from ..removal.effect_mask import effect_mask
+
+    effects = effect_mask(torch.from_numpy(np.asarray(before, np.float32)), torch.from_numpy(np.asarray(after, np.float32)),
+                          torch.from_numpy(np.asarray(object_mask)).float(), **(effect_options or {}))
+    return _grey(effects.numpy())
+
+
+def _save_row(tiles: Sequence[np.ndarray], path: Path) -> Path:
+    """Float (H, W, 3) tiles in [0, 1] side by side, 2-px white gaps, scaled up by whole pixels to about 256 px
+    high; saved as PNG at ``path``."""
+    from PIL import Image
+
+    h = np.asarray(tiles[0]).shape[0]
+    gap = np.ones((h, 2, 3), np.float32)
+    row = np.concatenate([t for tile in tiles for t in (np.asarray(tile, np.float32), gap)][:-1], axis=1)
+    scale = max(1, 256 // h)
+    picture = (np.clip(row, 0, 1) * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+    Image.fromarray(picture).save(path)
+    return path
 
 
 def refinement_markdown(rows: dict | None, settings: dict) -> list[str]:
@@ -140,13 +132,14 @@ def refinement_markdown(rows: dict | None, settings: dict) -> list[str]:
     ]
 
 
+def _db(value: float | None) -> str:
+    """A table cell in dB (a region no image has: n/a)."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def removal_markdown(rows: dict | None, settings: dict) -> list[str]:
     if rows is None:
         return ["## Object removal", "", f"Skipped: {settings.get('skipped', 'not run')}.", ""]
-
-    def cell(value):
-        return "n/a" if value is None else f"{value:.2f}"
-
     return [
         f"## Object removal ({settings['scenes']} held-out scenes with true counterfactuals, {settings['steps']} DDIM steps)",
         "",
@@ -155,8 +148,8 @@ def removal_markdown(rows: dict | None, settings: dict) -> list[str]:
         "",
         "| row | PSNR | object | shadow | reflection | effect error removed |",
         "| --- | --- | --- | --- | --- | --- |",
-        *[f"| {name} | {cell(r['psnr'])} | {cell(r['psnr_object'])} | {cell(r['psnr_shadow'])} | "
-          f"{cell(r['psnr_reflection'])} | {cell(r['effect_error_removed'])} |" for name, r in rows.items()],
+        *[f"| {name} | {_db(r['psnr'])} | {_db(r['psnr_object'])} | {_db(r['psnr_shadow'])} | "
+          f"{_db(r['psnr_reflection'])} | {_db(r['effect_error_removed'])} |" for name, r in rows.items()],
         "",
         "Removal panels: image | object mask | inpainting | ObjectDrop | ObjectDrop's effect mask | true counterfactual.",
         "",
@@ -166,10 +159,6 @@ def removal_markdown(rows: dict | None, settings: dict) -> list[str]:
 def insertion_markdown(rows: dict | None, settings: dict) -> list[str]:
     if rows is None:
         return ["## Object insertion", "", f"Skipped: {settings.get('skipped', 'not run')}.", ""]
-
-    def cell(value):
-        return "n/a" if value is None else f"{value:.2f}"
-
     return [
         f"## Object insertion ({settings['scenes']} held-out one-object scenes, {settings['steps']} DDIM steps)",
         "",
@@ -178,7 +167,7 @@ def insertion_markdown(rows: dict | None, settings: dict) -> list[str]:
         "",
         "| row | PSNR | shadow | reflection |",
         "| --- | --- | --- | --- |",
-        *[f"| {name} | {cell(r['psnr'])} | {cell(r['psnr_shadow'])} | {cell(r['psnr_reflection'])} |"
+        *[f"| {name} | {_db(r['psnr'])} | {_db(r['psnr_shadow'])} | {_db(r['psnr_reflection'])} |"
           for name, r in rows.items()],
         "",
         "Insertion panels: background | naive paste | inserted (with bootstrap) | its effect mask | truth.",
