@@ -208,3 +208,22 @@ def test_the_cli_registers_the_recipe(capsys):
 
     assert main(["insertion", "--help"]) == 0
     assert "--lr_schedule" in capsys.readouterr().out
+
+
+def test_generated_pairs_are_rendered_once_and_another_count_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from segdrop.training.loop import ConfigError
+    from segdrop.training.train_scratch import generate_dataset, rendered_scenes
+
+    spec = SimpleNamespace(generate=3, split="train", image_size=32, seed=0)
+    data = generate_dataset(spec, tmp_path, writer="write_object_pairs", kind="one-object pairs")
+    first = (data / "metadata.jsonl").read_text()
+    assert generate_dataset(spec, tmp_path, writer="write_object_pairs") == data  # reused, not re-rendered
+    assert (data / "metadata.jsonl").read_text() == first
+    with pytest.raises(ConfigError, match="already holds 3 generated one-object pairs, not 5"):
+        generate_dataset(SimpleNamespace(**{**vars(spec), "generate": 5}), tmp_path, writer="write_object_pairs",
+                         kind="one-object pairs")
+    # a scene without objects uses its number up and writes no record
+    assert rendered_scenes([{"index": 0}, {"index": 1}, {"index": 3}]) == 4
+    assert rendered_scenes([{"image": "a"}, {"image": "b"}]) == 2

@@ -52,8 +52,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,26 +239,10 @@ def load_data(folder: Path, kind: str, size: int):
 # ----------------------------------------------------------------------------------------------- training
 
 
-def generate_pairs(config: InsertionConfig, out: Path, size: int) -> Path:
-    """``--generate N``: N one-object toy pairs in ``<out>/data`` (rendered once, atomically; a resumed run reuses
-    them)."""
-    data = out / "data"
-    if (data / "metadata.jsonl").is_file():
-        return data
-    try:
-        from ..toyworld import write_object_pairs
-    except ImportError as error:
-        raise ConfigError(f"--generate needs segdrop.toyworld ({error}); give --data_dir instead") from None
-    tmp = out / f"data.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("rendering %d toy-world one-object pairs into %s", config.generate, data)
-    write_object_pairs(tmp, config.generate, size=size, seed=config.seed, split=config.split or "train")
-    os.replace(tmp, data)
-    return data
-
-
 def train(config: InsertionConfig, command: str) -> dict:
     """Train an insertion model (module docstring); returns steps, wall time, final loss, output."""
+    from .train_scratch import generate_dataset
+
     started = time.time()
     accelerator = setup_threads_and_accelerator(config)
     out = Path(config.output_dir)
@@ -275,7 +257,9 @@ def train(config: InsertionConfig, command: str) -> dict:
     prepare_run_dir(accelerator, out, config.resume)
 
     if config.generate > 0:
-        data_dir = generate_pairs(config, out, bundle.image_size) if accelerator.is_main_process else out / "data"
+        spec = SimpleNamespace(generate=config.generate, split=config.split, image_size=bundle.image_size, seed=config.seed)
+        data_dir = (generate_dataset(spec, out, writer="write_object_pairs", kind="one-object pairs")
+                    if accelerator.is_main_process else out / "data")
         accelerator.wait_for_everyone()
     else:
         data_dir = Path(config.data_dir)

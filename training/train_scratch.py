@@ -221,23 +221,33 @@ def tokenize(tokenizer, captions: list[str], max_length: int) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
 
 
-def generate_dataset(config: ScratchConfig, out: Path) -> Path:
+def generate_dataset(config, out: Path, writer: str = "write_dataset", kind: str = "scenes") -> Path:
+    """``--generate N``: N toy-world scenes of ``config.split`` rendered once into ``<out>/data`` (atomically: a
+    temp folder, then a rename) by ``toyworld.<writer>`` (``write_dataset``; ``write_object_pairs`` for one-object
+    pairs). A resumed run reuses them; a folder rendered for another N is an error."""
     data = out / "data"
     if (data / "metadata.jsonl").is_file():
-        have = len(read_records(data, config.split))
+        have = rendered_scenes(read_records(data, config.split))
         if have != config.generate:
-            raise ConfigError(f"{data} already holds {have} generated scenes, not {config.generate}; use another output_dir")
+            raise ConfigError(f"{data} already holds {have} generated {kind}, not {config.generate}; use another output_dir")
         return data
     try:
-        from ..toyworld import write_dataset
+        from .. import toyworld
     except ImportError as error:
         raise ConfigError(f"--generate needs segdrop.toyworld ({error}); give --data_dir instead") from None
     tmp = out / f"data.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("rendering %d toy-world scenes into %s", config.generate, data)
-    write_dataset(tmp, config.generate, size=config.image_size, seed=config.seed, split=config.split or "train")
+    logger.info("rendering %d toy-world %s into %s", config.generate, kind, data)
+    getattr(toyworld, writer)(tmp, config.generate, size=config.image_size, seed=config.seed,
+                              split=config.split or "train")
     os.replace(tmp, data)
     return data
+
+
+def rendered_scenes(records: list[dict]) -> int:
+    """How many scenes a toy split rendered: one-object pairs number them (``index``; a scene without objects
+    uses its number up and writes no record), full scenes are one record each."""
+    return max((int(r["index"]) + 1 for r in records if "index" in r), default=len(records))
 
 
 # ----------------------------------------------------------------------------------------------- models
