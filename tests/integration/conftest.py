@@ -108,6 +108,32 @@ def insert_pictures(comfyui_session: ComfyUI) -> dict[str, str]:
     return names
 
 
+@pytest.fixture(scope="session")
+def check_insert_result() -> Callable[..., None]:
+    """``check(background, out, composite, effect)``: ObjectDrop Insert's outputs for ``insert_pictures`` placed at
+    x=16, y=8, scale 1 on the 128x128 background: shapes and range; the trimmed 24x24 red square exactly at
+    rows 8:32, columns 16:40 of the composite, the background elsewhere; the effect mask 1 on the object and 0 in
+    the far corner; the output exactly the background wherever the effect mask is 0."""
+
+    def check(background, out, composite, effect) -> None:
+        import torch
+
+        assert tuple(out.shape) == (1, 128, 128, 3) and tuple(composite.shape) == (1, 128, 128, 3)
+        assert tuple(effect.shape) == (1, 128, 128)
+        assert bool(torch.isfinite(out).all()) and float(out.min()) >= 0 and float(out.max()) <= 1
+        red = torch.tensor([220, 30, 30]) / 255
+        assert torch.allclose(composite[0, 8:32, 16:40], red.expand(24, 24, 3), atol=1e-6)  # trimmed cut-out at (16, 8)
+        placed = torch.zeros(128, 128, dtype=torch.bool)
+        placed[8:32, 16:40] = True
+        assert torch.equal(composite[0][~placed], background[0][~placed])
+        assert bool((effect[0][placed] == 1).all())
+        outside = effect == 0
+        assert bool(outside[0, 96:, 96:].all()), "the far corner is inside the effect mask: the crop context is too large"
+        assert torch.equal(out[outside], background[outside])  # the background is untouched outside the effect mask
+
+    return check
+
+
 @pytest.fixture
 def run_prompt(comfyui: ComfyUI) -> Callable[..., PromptResult]:
     """``run_prompt(api_prompt, fresh_cache=False) -> {node_id: [output slot values]}`` through the real executor."""
