@@ -154,7 +154,7 @@ def toy_removers(models: Path, steps: int = 50, seed: int = 0) -> dict[str, Remo
     """The removal table's rows on the committed toy models (``models/toy_*``): input, inpaint, inpaint_dilated,
     objectdrop, objectdrop_lora, objectdrop_grayed."""
     from ..training.bundle import load_bundle
-    from ..training.train_removal import load_lora_fallback
+    from ..training.lora_adapter import load_lora_fallback
 
     missing = [name for name in TOY_MODELS if not (models / name).is_dir()]
     if missing:

@@ -274,7 +274,7 @@ def test_all_foreground_rectangles_give_zero_loss_and_leave_the_weights(tmp_path
 
 
 def test_lora_trains_only_the_adapter(tmp_path, t2i, masks):
-    from segdrop.training.train_removal import load_lora_fallback
+    from segdrop.training.lora_adapter import load_lora_fallback
 
     out = tmp_path / "lora"
     assert train_background.main(argv(t2i, masks, out, "--lora_rank", "2", "--steps", "2")) == 0

@@ -20,6 +20,7 @@ from segdrop.training.conditioned_unet import (
     unet_input,
     widen_conv_in,
 )
+from segdrop.training.lora_adapter import load_lora_fallback
 from segdrop.training.train_inpaint import random_masks
 from segdrop.training.train_removal import augment_masks
 
@@ -215,11 +216,11 @@ def test_removal_lora_trains_only_the_adapter_and_merges(tmp_path, inpaint_model
     assert info["lora"] == {"rank": 2, "alpha": 2, "targets": ["to_q", "to_k", "to_v", "to_out.0"]}
     assert all(Path(p).is_file() for p in info["lora_files"].values())
     # the small adapter over the base gives the merged model back
-    reloaded = train_removal.load_lora_fallback(load_bundle(inpaint_model), out / "lora").unet.state_dict()
+    reloaded = load_lora_fallback(load_bundle(inpaint_model), out / "lora").unet.state_dict()
     assert reloaded.keys() == tuned.keys()
     assert max((reloaded[k] - tuned[k]).abs().max().item() for k in tuned) < 1e-6
     with pytest.raises(train_removal.ConfigError, match="no peft adapter"):
-        train_removal.load_lora_fallback(load_bundle(inpaint_model), tmp_path)
+        load_lora_fallback(load_bundle(inpaint_model), tmp_path)
 
 
 def test_removal_refuses_a_text_to_image_base_and_empty_triplet_folders(tmp_path, t2i, inpaint_model, toydata, capsys):

@@ -43,7 +43,7 @@ Outputs in ``output_dir``: ``config.toml``, ``loss.jsonl``, ``checkpoints/``, ``
 LoRA the adapter merged in) whose card records ``recipe="background"``, ``foreground_prompt``,
 ``background_prompt``, ``whole_image_prob``, ``rectangle_bounds``, ``lora``, ``ema``; with LoRA also ``lora/``
 (kohya + diffusers files via ``training/export.py`` for SD-layout UNets, so ComfyUI's LoraLoader loads it; the peft
-adapter for the toy layout, see ``train_removal.load_lora_fallback``); a full fine-tune of an SD-layout UNet also
+adapter for the toy layout, see ``lora_adapter.load_lora_fallback``); a full fine-tune of an SD-layout UNet also
 writes ``unet_ldm.safetensors`` (ComfyUI's UNETLoader).
 """
 
@@ -73,6 +73,7 @@ from .loop import (
     prepare_run_dir,
     start_or_resume,
 )
+from .lora_adapter import DEFAULT_LORA_TARGETS, add_lora, export_fine_tune
 from .settings import config_header, dump_toml, recipe_parser, resolve_config
 from .train_conditioned import (
     CommonConfig,
@@ -86,7 +87,6 @@ from .train_conditioned import (
     validate_common,
 )
 from .train_inpaint import encode_prompts, resolve_base
-from .train_removal import DEFAULT_LORA_TARGETS, add_lora, export_fine_tune
 
 logger = logging.getLogger("segdrop.training.background")
 PLACEHOLDERS = ("{object}", "{caption}")

@@ -62,6 +62,7 @@ import torch
 
 from .conditioned_unet import inpaint_in_channels, make_inpaint_unet
 from .loop import ConfigError, cli_main, prepare_run_dir
+from .lora_adapter import DEFAULT_LORA_TARGETS, add_lora, export_fine_tune
 from .settings import recipe_parser, resolve_config
 from .train_conditioned import (
     Batch,
@@ -75,13 +76,7 @@ from .train_conditioned import (
     validate_common,
 )
 from .train_inpaint import resolve_base
-from .train_removal import (
-    DEFAULT_LORA_TARGETS,
-    _resize_square,
-    add_lora,
-    export_fine_tune,
-    load_triplet_tensors,
-)
+from .train_removal import _resize_square, load_triplet_tensors
 
 logger = logging.getLogger("segdrop.training.insertion")
 RECIPE = "insertion"
