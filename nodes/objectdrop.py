@@ -226,10 +226,26 @@ def pad_stack(pictures: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def sampling_inputs() -> list:
+    """The KSampler-like inputs ObjectDrop Remove and Insert share: seed, steps, cfg, sampler_name, scheduler
+    (the models are trained with the empty prompt only, hence cfg 1 by default)."""
+    samplers, schedulers = sampler_options()
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                     tooltip="Seed of the starting noise."),
+        io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (the paper: 50)."),
+        io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance. 1.0 (default): the model was trained with the empty prompt only, so "
+                               "there is nothing to guide towards and cfg 1 skips the second (unconditional) pass, "
+                               "halving the time. Above 1 both passes use the empty prompt and only the image/mask differ."),
+        io.Combo.Input("sampler_name", options=samplers, default="euler", tooltip="Sampler (as KSampler)."),
+        io.Combo.Input("scheduler", options=schedulers, default="normal", tooltip="Noise schedule (as KSampler)."),
+    ]
+
+
 class ObjectDropRemove(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        samplers, schedulers = sampler_options()
         return io.Schema(
             node_id="SegDrop_ObjectDropRemove",
             display_name="ObjectDrop Remove",
@@ -246,15 +262,7 @@ class ObjectDropRemove(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
                 io.Image.Input("image", tooltip="The photo(s). A batch is processed image by image."),
                 io.Mask.Input("mask", tooltip="1 on the object to remove: one mask for every image, or one per image. An empty mask returns the image unchanged."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="Seed of the starting noise."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (the paper: 50)."),
-                io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance. 1.0 (default): the model was trained with the empty prompt only, so "
-                                       "there is nothing to guide towards and cfg 1 skips the second (unconditional) pass, "
-                                       "halving the time. Above 1 both passes use the empty prompt and only the image/mask differ."),
-                io.Combo.Input("sampler_name", options=samplers, default="euler", tooltip="Sampler (as KSampler)."),
-                io.Combo.Input("scheduler", options=schedulers, default="normal", tooltip="Noise schedule (as KSampler)."),
+                *sampling_inputs(),
                 io.Int.Input("mask_grow", default=8, min=0, max=256,
                              tooltip="Grow the mask by this many pixels first, so the object's edge pixels are removed too."),
                 io.Float.Input("context", default=1.0, min=0.0, max=10.0, step=0.05,

@@ -15,7 +15,7 @@ from .objectdrop import (
     check_inpainting_model,
     progress_and_interrupt,
     sample_in_crop,
-    sampler_options,
+    sampling_inputs,
 )
 from .types import CATEGORY
 
@@ -49,7 +49,6 @@ def insert_one(model, vae, cond, composite: torch.Tensor, mask: torch.Tensor, *,
 class ObjectDropInsert(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        samplers, schedulers = sampler_options()
         return io.Schema(
             node_id="SegDrop_ObjectDropInsert",
             display_name="ObjectDrop Insert",
@@ -75,15 +74,7 @@ class ObjectDropInsert(io.ComfyNode):
                              tooltip="Row of the object's top edge in the background (pixels). Ignored with a placement mask."),
                 io.Float.Input("scale", default=1.0, min=0.01, max=16.0, step=0.01,
                                tooltip="Resize factor of the trimmed cut-out (1.0: pixel for pixel). The scaled object must lie fully inside the background. Ignored with a placement mask."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="Seed of the starting noise."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (the paper: 50)."),
-                io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance. 1.0 (default): the model was trained with the empty prompt only, so "
-                                       "there is nothing to guide towards and cfg 1 skips the second (unconditional) pass, "
-                                       "halving the time. Above 1 both passes use the empty prompt and only the image/mask differ."),
-                io.Combo.Input("sampler_name", options=samplers, default="euler", tooltip="Sampler (as KSampler)."),
-                io.Combo.Input("scheduler", options=schedulers, default="normal", tooltip="Noise schedule (as KSampler)."),
+                *sampling_inputs(),
                 io.Int.Input("mask_grow", default=0, min=0, max=256,
                              tooltip="Grow the object mask given to the model by this many pixels (0: the object exactly, as the insertion "
                                      "model is trained; a few pixels let it blend a rough cut-out's edge)."),
