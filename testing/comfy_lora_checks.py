@@ -82,3 +82,84 @@ def lora_loader_graph(checkpoint: str, lora_name: str) -> dict:
         },
     }
     return with_sampler(graph, ["2", 0], ["2", 1], ["1", 2])
+
+
+def merged_twin(twin, diffusers_file, scale: float = 1.0):
+    """A copy of ``twin`` with a trained LoRA (diffusers/peft-format file) merged, ``W += scale * B @ A``
+    (``scale`` = alpha / rank, 1 for the recipes' default alpha = rank); returns ``(unet, modules merged)``."""
+    import copy
+
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(diffusers_file))
+    unet = copy.deepcopy(twin)
+    merged = 0
+    with torch.no_grad():
+        for key, down in state.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key[: -len(".lora_A.weight")]
+            up = state[module + ".lora_B.weight"]
+            name = module[len("unet."):] if module.startswith("unet.") else module
+            weight = unet.get_submodule(name).weight
+            weight.add_((scale * up.float() @ down.float()).reshape(weight.shape))
+            merged += 1
+    return unet.eval(), merged
+
+
+def kohya_contents(kohya) -> tuple[list[str], dict, list[str]]:
+    """``(keys, metadata, LoRA module names)`` of a kohya LoRA file written by a recipe; checks that training moved
+    every up-weight away from peft's zero start."""
+    from safetensors import safe_open
+
+    with safe_open(str(kohya), framework="pt") as handle:
+        keys = list(handle.keys())
+        metadata = handle.metadata() or {}
+        ups = [handle.get_tensor(k) for k in keys if k.endswith(".lora_up.weight")]
+    assert all(u.abs().max().item() > 0 for u in ups), "the training steps left a LoRA up-weight at zero"
+    modules = sorted(k[: -len(".lora_down.weight")] for k in keys if k.endswith(".lora_down.weight"))
+    return keys, metadata, modules
+
+
+def check_lora_in_comfy(comfyui, run_prompt, twin, lora_dir, checkpoint: str, channels: int, label: str) -> dict:
+    """Load a recipe's kohya LoRA (``lora_dir/lora_kohya.safetensors``) with the core LoraLoader over ``checkpoint``
+    through the executor and check it as a user would see it: no "lora key not loaded" warning, one weight patch
+    per LoRA module, and ComfyUI's patched UNet equal to ``twin`` with the diffusers-format LoRA merged (the
+    unpatched one equal to ``twin``). Returns the patched ModelPatcher and the measured deltas."""
+    import shutil
+    import uuid
+
+    from ..training.export import DIFFUSERS_FILE, KOHYA_FILE
+
+    kohya = lora_dir / KOHYA_FILE
+    keys, metadata, modules = kohya_contents(kohya)
+    folder = comfyui.cache / "loras"
+    sub = f"segdrop_{label}_{uuid.uuid4().hex[:8]}"
+    (folder / sub).mkdir(parents=True)
+    shutil.copy2(kohya, folder / sub / KOHYA_FILE)
+    comfyui.folder_paths.add_model_folder_path("loras", str(folder))
+    lora_name = f"{sub}/{KOHYA_FILE}"
+    assert comfyui.folder_paths.get_full_path("loras", lora_name) is not None
+    try:
+        with captured_warnings() as warnings:
+            result = run_prompt(lora_loader_graph(checkpoint, lora_name), fresh_cache=True)
+    finally:
+        shutil.rmtree(folder / sub, ignore_errors=True)
+    assert [w for w in warnings if "lora key not loaded" in w or "NOT LOADED" in w] == []
+    base, patched = result["1"][0], result["2"][0]
+    assert len(base.patches) == 0
+    assert len(patched.patches) == len(modules)  # every LoRA module of the file patches one UNet weight
+
+    want_lora_unet, merged = merged_twin(twin, lora_dir / DIFFUSERS_FILE)
+    assert merged == len(modules)
+    x, t, ctx = sample_inputs(channels)
+    got_base, got_lora = comfy_unet_forward(base, x, t, ctx), comfy_unet_forward(patched, x, t, ctx)
+    base_delta = (got_base - twin_forward(twin, x, t, ctx)).abs().max().item()
+    lora_delta = (got_lora - twin_forward(want_lora_unet, x, t, ctx)).abs().max().item()
+    lora_effect = (got_lora - got_base).abs().max().item()
+    assert base_delta <= 1e-3
+    assert lora_delta <= 1e-3
+    assert lora_effect > 10 * max(lora_delta, 1e-5)
+    return {"patched": patched, "keys": keys, "metadata": metadata, "modules": modules,
+            "base_delta": base_delta, "lora_delta": lora_delta, "lora_effect": lora_effect}

@@ -7,20 +7,12 @@ LoRA module) and changes the UNet output exactly as the trained LoRA merged into
 from __future__ import annotations
 
 import json
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from segdrop.testing.comfy_lora_checks import (
-    captured_warnings,
-    comfy_unet_forward,
-    lora_loader_graph,
-    sample_inputs,
-    twin_forward,
-)
+from segdrop.testing.comfy_lora_checks import check_lora_in_comfy
 
 pytestmark = pytest.mark.comfyui
 
@@ -68,82 +60,16 @@ def trained_lora(twin, tmp_path_factory) -> dict:
     return {"lora": lora, "seconds": seconds}
 
 
-def merged_twin(twin, diffusers_file: Path):
-    """A copy of ``twin`` with the trained LoRA (diffusers/peft-format file) merged: W += alpha/r * B @ A."""
-    import copy
-
-    import torch
-    from safetensors.torch import load_file
-
-    state = load_file(str(diffusers_file))
-    unet = copy.deepcopy(twin)
-    scale = 1.0  # lora_alpha defaults to the rank in the removal recipe
-    merged = 0
-    with torch.no_grad():
-        for key, down in state.items():
-            if not key.endswith(".lora_A.weight"):
-                continue
-            module = key[: -len(".lora_A.weight")]
-            up = state[module + ".lora_B.weight"]
-            name = module[len("unet."):] if module.startswith("unet.") else module
-            weight = unet.get_submodule(name).weight
-            weight.add_((scale * up.float() @ down.float()).reshape(weight.shape))
-            merged += 1
-    return unet.eval(), merged
-
-
 def test_removal_lora_trained_by_the_recipe_loads_in_core_loraloader(comfyui, twin, trained_lora, run_prompt):
-    from safetensors import safe_open
-
     from segdrop.testing.comfy_checkpoint import TINY_INPAINT_CHECKPOINT
-    from segdrop.training.export import DIFFUSERS_FILE, KOHYA_FILE
 
     started = time.time()
-    kohya = trained_lora["lora"] / KOHYA_FILE
-    with safe_open(str(kohya), framework="pt") as handle:
-        keys = list(handle.keys())
-        metadata = handle.metadata() or {}
-        ups = [handle.get_tensor(k) for k in keys if k.endswith(".lora_up.weight")]
-    modules = sorted(k[: -len(".lora_down.weight")] for k in keys if k.endswith(".lora_down.weight"))
+    got = check_lora_in_comfy(comfyui, run_prompt, twin, trained_lora["lora"], TINY_INPAINT_CHECKPOINT, 9, "removal")
+    modules, patched = got["modules"], got["patched"]
     assert len(modules) == 7 * 8  # 7 transformer blocks x (attn1, attn2) x (q, k, v, out)
-    assert metadata.get("rank") == str(RANK) and "removal" in json.dumps(metadata)
-    assert all(u.abs().max().item() > 0 for u in ups), "2 training steps left a LoRA up-weight at zero"
-
-    folder = comfyui.cache / "loras"
-    sub = f"segdrop_removal_{uuid.uuid4().hex[:8]}"
-    (folder / sub).mkdir(parents=True)
-    shutil.copy2(kohya, folder / sub / KOHYA_FILE)
-    comfyui.folder_paths.add_model_folder_path("loras", str(folder))
-    lora_name = f"{sub}/{KOHYA_FILE}"
-    assert comfyui.folder_paths.get_full_path("loras", lora_name) is not None
-
-    graph = lora_loader_graph(TINY_INPAINT_CHECKPOINT, lora_name)
-    try:
-        with captured_warnings() as warnings:
-            result = run_prompt(graph, fresh_cache=True)
-    finally:
-        shutil.rmtree(folder / sub, ignore_errors=True)
-    not_loaded = [w for w in warnings if "lora key not loaded" in w or "NOT LOADED" in w]
-    assert not_loaded == []
-    base, patched = result["1"][0], result["2"][0]
-    assert len(base.patches) == 0
-    assert len(patched.patches) == len(modules)  # every LoRA module of the file patches one UNet weight
+    assert got["metadata"].get("rank") == str(RANK) and "removal" in json.dumps(got["metadata"])
     assert patched.model.model_config.unet_config["in_channels"] == 9 and patched.model.model_config.inpaint_model()
-
-    want_lora_unet, merged = merged_twin(twin, trained_lora["lora"] / DIFFUSERS_FILE)
-    assert merged == len(modules)
-    x, t, ctx = sample_inputs(9)
-    want_base = twin_forward(twin, x, t, ctx)
-    want_lora = twin_forward(want_lora_unet, x, t, ctx)
-    got_base = comfy_unet_forward(base, x, t, ctx)
-    got_lora = comfy_unet_forward(patched, x, t, ctx)
-    base_delta = (got_base - want_base).abs().max().item()
-    lora_delta = (got_lora - want_lora).abs().max().item()
-    lora_effect = (got_lora - got_base).abs().max().item()
     print(f"\nremoval LoRA (rank {RANK}, 2 steps, lr {LR}, trained in {trained_lora['seconds']:.1f} s): "
-          f"keys applied {len(patched.patches)}/{len(modules)}; unpatched vs twin {base_delta:.2e}; "
-          f"LoRA vs twin+merged LoRA {lora_delta:.2e}; LoRA effect {lora_effect:.2e}; ComfyUI part "
+          f"keys applied {len(patched.patches)}/{len(modules)}; unpatched vs twin {got['base_delta']:.2e}; "
+          f"LoRA vs twin+merged LoRA {got['lora_delta']:.2e}; LoRA effect {got['lora_effect']:.2e}; ComfyUI part "
           f"{time.time() - started:.1f} s")
-    assert base_delta <= 1e-3
-    assert lora_delta <= 1e-3
-    assert lora_effect > 10 * max(lora_delta, 1e-5)
