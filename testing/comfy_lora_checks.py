@@ -163,3 +163,32 @@ def check_lora_in_comfy(comfyui, run_prompt, twin, lora_dir, checkpoint: str, ch
     assert lora_effect > 10 * max(lora_delta, 1e-5)
     return {"patched": patched, "keys": keys, "metadata": metadata, "modules": modules,
             "base_delta": base_delta, "lora_delta": lora_delta, "lora_effect": lora_effect}
+
+
+def write_zero_lora(comfyui_session, checkpoint: str, name: str) -> str:
+    """A kohya-format LoRA ``name`` with zero up-weights (so it changes nothing) on ``checkpoint``'s UNet attention
+    projections (to_q, to_k, to_v), in the session's ``loras`` folder; written once. Returns its LoraLoader name."""
+    with comfyui_session.activated():
+        import comfy.lora
+        import safetensors.torch
+        import torch
+
+        folder = comfyui_session.cache / "loras"
+        path = folder / name
+        if not path.is_file():
+            model, _, _ = comfyui_session.load_checkpoint(checkpoint)
+            weights = model.model.state_dict()
+            state = {}
+            for lora_key, model_key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
+                if not lora_key.startswith("lora_unet_") or not any(p in lora_key for p in ("to_q", "to_k", "to_v")):
+                    continue
+                out_features, in_features = weights[model_key].shape[:2]
+                state[f"{lora_key}.lora_down.weight"] = torch.randn(4, in_features, dtype=torch.float16) * 0.01
+                state[f"{lora_key}.lora_up.weight"] = torch.zeros(out_features, 4, dtype=torch.float16)
+                state[f"{lora_key}.alpha"] = torch.tensor(4.0)
+            assert state, "no kohya LoRA keys found for the tiny UNet"
+            folder.mkdir(parents=True, exist_ok=True)
+            safetensors.torch.save_file(state, str(path))
+        if comfyui_session.folder_paths.get_full_path("loras", name) is None:
+            comfyui_session.folder_paths.add_model_folder_path("loras", str(folder), is_default=True)
+    return name

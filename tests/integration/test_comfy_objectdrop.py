@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from segdrop.testing.comfy_lora_checks import write_zero_lora
+
 pytestmark = pytest.mark.comfyui
 
 REMOVE, CONDITIONING = "SegDrop_ObjectDropRemove", "SegDrop_ObjectDropConditioning"
@@ -54,31 +56,7 @@ def masked_image(comfyui_session):
 @pytest.fixture(scope="session")
 def zero_lora(comfyui_session, inpaint_checkpoint) -> str:
     """A kohya-format LoRA with zero up-weights on the tiny inpainting UNet's attention projections."""
-    with comfyui_session.activated():
-        import comfy.lora
-        import safetensors.torch
-        import torch
-
-        folder = comfyui_session.cache / "loras"
-        path = folder / ZERO_LORA
-        if not path.is_file():
-            model, _, _ = comfyui_session.load_checkpoint(inpaint_checkpoint)
-            weights = model.model.state_dict()
-            keys = comfy.lora.model_lora_keys_unet(model.model, {})
-            state = {}
-            for lora_key, model_key in keys.items():
-                if not lora_key.startswith("lora_unet_") or not any(p in lora_key for p in ("to_q", "to_k", "to_v")):
-                    continue
-                out_features, in_features = weights[model_key].shape[:2]
-                state[f"{lora_key}.lora_down.weight"] = torch.randn(4, in_features, dtype=torch.float16) * 0.01
-                state[f"{lora_key}.lora_up.weight"] = torch.zeros(out_features, 4, dtype=torch.float16)
-                state[f"{lora_key}.alpha"] = torch.tensor(4.0)
-            assert state, "no kohya LoRA keys found for the tiny UNet"
-            folder.mkdir(parents=True, exist_ok=True)
-            safetensors.torch.save_file(state, str(path))
-        if comfyui_session.folder_paths.get_full_path("loras", ZERO_LORA) is None:
-            comfyui_session.folder_paths.add_model_folder_path("loras", str(folder), is_default=True)
-    return ZERO_LORA
+    return write_zero_lora(comfyui_session, inpaint_checkpoint, ZERO_LORA)
 
 
 def remove_graph(checkpoint: str, image: str, mask_image: str | None = None, **widgets) -> dict:
