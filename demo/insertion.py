@@ -96,6 +96,44 @@ def evaluate_insertion(inserters: dict[str, Inserter], pairs: Sequence[Insertion
     return table, outputs
 
 
+def cropped_inserter(bundle, context: float, *, steps: int = 50, seed: int = 0, effect_options: dict | None = None
+                     ) -> Inserter:
+    """An inserter that works as SegDrop_ObjectDropInsert does, on a crop around the object: each composite is cut
+    to ``removal.crop.square_box(mask, context)`` (square, so a batch shares one size), resized to the model's
+    size, sampled (``conditioned_sample``, the composite not grayed), resized back and stitched into the composite
+    with the effect-aware mask computed on the crop. Pixels outside the crop are the composite's exactly. For
+    models trained on the same crops (``insertion --crop_context``)."""
+    import torch
+
+    from ..removal.crop import crop, resize_image, square_box, stitch
+    from ..removal.effect_mask import effect_mask
+    from ..training.conditioned_unet import conditioned_sample
+
+    size = (bundle.image_size, bundle.image_size)
+
+    def insert(composites: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        images = torch.from_numpy(np.asarray(composites)).float() / 255
+        masks_t = torch.from_numpy(np.asarray(masks).astype(bool)).float()
+        boxes = [square_box(m, context) for m in masks_t]
+        if any(box is None for box in boxes):
+            raise ValueError("an object mask is empty: every composite needs its object's mask")
+        crops = torch.cat([resize_image(crop(images[k:k + 1], box), size) for k, box in enumerate(boxes)])
+        crop_masks = torch.cat([resize_image(crop(masks_t[k:k + 1, ..., None], box), size)[..., 0]
+                                for k, box in enumerate(boxes)]) > 0.5
+        sampled = conditioned_sample(bundle, np.rint(crops.numpy() * 255).astype(np.uint8), crop_masks.numpy(),
+                                     steps=steps, seed=seed, gray_masked=False)
+        sampled_t = torch.from_numpy(sampled).float() / 255
+        out = []
+        for k, box in enumerate(boxes):
+            region, region_mask = crop(images[k], box), crop(masks_t[k][..., None], box)[..., 0]
+            back = resize_image(sampled_t[k:k + 1], (box.height, box.width))[0].clamp(0, 1)
+            weights = effect_mask(region, back, region_mask, **(effect_options or {}))
+            out.append(stitch(images[k], back, box, weights))
+        return np.rint(torch.stack(out).numpy() * 255).astype(np.uint8)
+
+    return insert
+
+
 def missing_models(models: Path) -> list[str]:
     return [name for name in TOY_INSERTION_MODELS.values() if not (models / name).is_dir()]
 
@@ -114,6 +152,11 @@ def toy_inserters(models: Path, steps: int = 50, seed: int = 0, effect_options: 
                                 "to <models>/<name>.")
     rows: dict[str, Inserter] = {"paste": naive_paste}
     for row, name in TOY_INSERTION_MODELS.items():
-        rows[row] = sampled_remover(load_bundle(models / name), gray_masked=False, composite="effects", steps=steps,
-                                    seed=seed, effect_options=effect_options)
+        bundle = load_bundle(models / name)
+        context = float(bundle.info.get("crop_context") or 0.0)
+        if context > 0:  # trained on object crops: sampled on the same crops
+            rows[row] = cropped_inserter(bundle, context, steps=steps, seed=seed, effect_options=effect_options)
+        else:
+            rows[row] = sampled_remover(bundle, gray_masked=False, composite="effects", steps=steps, seed=seed,
+                                        effect_options=effect_options)
     return rows

@@ -75,6 +75,23 @@ def crop_box(mask: torch.Tensor, context: float = 0.5, below_share: float = BELO
                    min(int(width), box.right + side))
 
 
+def square_box(mask: torch.Tensor, context: float) -> CropBox | None:
+    """A square box centred on the mask's bounding box, its side ``(1 + context)`` x the box's long side (at least
+    ``2 * MIN_PAD``), shifted to lie inside the image; the largest square that fits when it is bigger than the
+    image. Square so that crops of any object batch at one model size (training on object crops, the toy
+    insertion benchmark). Returns None for an empty mask."""
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    box = mask_bbox(mask)
+    if box is None:
+        return None
+    height, width = (int(n) for n in mask.shape[-2:])
+    side = min(height, width, max(2 * MIN_PAD, round((1 + context) * max(box.height, box.width))))
+    top = min(max(0, (box.top + box.bottom - side) // 2), height - side)
+    left = min(max(0, (box.left + box.right - side) // 2), width - side)
+    return CropBox(top, left, top + side, left + side)
+
+
 def working_size(height: int, width: int, resolution: int = 512, multiple: int = 8) -> tuple[int, int]:
     """``(h, w)`` for the model: the long side is ``resolution``, the aspect ratio is kept, both are multiples of
     ``multiple`` (at least one multiple)."""

@@ -15,16 +15,19 @@ from segdrop import toyworld
 from segdrop.demo import job
 from segdrop.demo.insertion import (
     TOY_INSERTION_MODELS,
+    cropped_inserter,
     evaluate_insertion,
     insertion_pairs,
     insertion_scores,
     missing_models,
     naive_paste,
+    toy_inserters,
 )
 from segdrop.demo.protocol import EvalSettings
 from segdrop.demo.removal import psnr_from_mse
 from segdrop.toyworld.dataset import to_uint8
 from segdrop.training import train_insertion
+from segdrop.training.bundle import load_bundle
 from tests.test_train_objectdrop import tiny_t2i_bundle
 
 torch.set_num_threads(1)
@@ -109,6 +112,33 @@ def test_the_demo_section_scores_three_rows_and_writes_panels(toy_models, tmp_pa
     assert section["rows"]["no_bootstrap"] == section["rows"]["bootstrap"]
     assert sorted(p.name for p in config.out.glob("insertion_*.png")) == ["insertion_00.png", "insertion_01.png"]
     assert job.section_results("insertion", section)["insertion_settings"] == {"scenes": 3, "steps": 2}
+
+
+def test_a_model_trained_on_object_crops_is_sampled_on_them_and_nothing_outside_changes(toy_models, pairs, tmp_path):
+    """A card with ``crop_context`` (``insertion --crop_context``) makes the table sample the square crop around the
+    object (as SegDrop_ObjectDropInsert crops), so every pixel outside that crop is the composite's exactly."""
+    from segdrop.removal.crop import square_box
+    from segdrop.training.bundle import BUNDLE_FILE
+
+    models = tmp_path / "models"
+    shutil.copytree(toy_models, models)
+    card = models / TOY_INSERTION_MODELS["bootstrap"] / BUNDLE_FILE
+    card.write_text(json.dumps({**json.loads(card.read_text()), "crop_context": 0.5}))
+    composites = np.stack([p.composite for p in pairs])
+    masks = np.stack([p.mask for p in pairs])
+    rows = toy_inserters(models, steps=2, seed=0)
+    cropped = rows["bootstrap"](composites, masks)  # 48-px scenes: crops are resized to the 16-px model
+    assert cropped.shape == composites.shape and cropped.dtype == np.uint8
+    for k, mask in enumerate(masks):
+        box = square_box(torch.from_numpy(mask), 0.5)
+        outside = np.ones(mask.shape, bool)
+        outside[box.slices] = False
+        assert np.array_equal(cropped[k][outside], composites[k][outside])
+        assert not np.array_equal(cropped[k][mask], composites[k][mask])  # the model's output on the object
+    with pytest.raises(ValueError, match="works at"):  # the whole-image row needs the model's size
+        rows["no_bootstrap"](composites, masks)
+    direct = cropped_inserter(load_bundle(models / TOY_INSERTION_MODELS["bootstrap"]), 0.5, steps=2, seed=0)
+    assert np.array_equal(direct(composites, masks), cropped)
 
 
 def test_missing_models_are_named_and_the_section_is_skipped(tmp_path):

@@ -51,6 +51,25 @@ def test_crop_box_grows_more_below_than_above():
         crop_box(square_mask(), -1)
 
 
+@pytest.mark.parametrize("where", [(30, 40), (0, 0), (80, 100), (45, 0)])
+def test_square_box_is_square_holds_the_mask_and_stays_in_bounds(where):
+    from segdrop.removal.crop import square_box
+
+    mask = square_mask(top=where[0], left=where[1])  # 20 px object in a 100 x 120 image
+    box = square_box(mask, 1.0)
+    assert box.height == box.width == 40  # (1 + context) x the long side
+    assert 0 <= box.top and box.bottom <= 100 and 0 <= box.left and box.right <= 120
+    assert crop(mask[..., None], box).sum() == mask.sum()
+    if where == (30, 40):  # room on every side: centred on the object
+        assert box == CropBox(20, 30, 60, 70)
+    big = square_box(mask, 9.0)  # 200 px asked: the largest square that fits, still holding the object
+    assert big.height == big.width == 100 and big.top == 0 and 0 <= big.left <= 20
+    assert crop(mask[..., None], big).sum() == mask.sum()
+    assert square_box(torch.zeros(10, 10), 1.0) is None
+    with pytest.raises(ValueError, match="context"):
+        square_box(mask, -0.5)
+
+
 def test_full_image_mask_crops_everything():
     assert crop_box(torch.ones(33, 47), 1.0) == CropBox(0, 0, 33, 47)
 

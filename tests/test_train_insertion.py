@@ -84,6 +84,7 @@ def test_stage1_writes_an_insertion_bundle(stage1, t2i):
     assert info["in_layout"] == "noise+mask+composite" and info["gray_masked"] is False and info["prompt"] == ""
     assert info["widened"] is True and info["base_recipe"] == "scratch" and info["data_kind"] == "pairs"
     assert info["train_pairs"] == 6 and info["lora"] is None and info["lr_schedule"] == "constant"
+    assert info["crop_context"] == 0.0  # whole images unless --crop_context
     assert info["vocabulary"] == load_bundle(t2i).info["vocabulary"]
     run = stage1.parent
     assert len(losses(run)) == 4 and all(np.isfinite(losses(run))) and set(lrs(run)) == {1e-3}
@@ -101,6 +102,24 @@ def test_generated_pairs_and_the_composite(tmp_path, t2i, toydata):
     assert f.dtype == y.dtype == torch.uint8 and m.dtype == torch.bool and m.shape == (6, 1, SIZE, SIZE)
     mm = m.expand_as(f)
     assert torch.equal(y[mm], f[mm]) and torch.equal(y[~mm], g[~mm]) and not torch.equal(y, f)
+
+
+def test_object_crops_zoom_in_on_the_object_and_keep_its_colours():
+    size, obj = 64, (slice(24, 40), slice(20, 36))  # a 16 px square object: its 1.0-context square is 32 px
+    factual = torch.full((1, 3, size, size), 40, dtype=torch.uint8)
+    factual[0, :, 24:44, 20:36] = 90  # the object's "shadow" below it, outside the mask
+    factual[(0, slice(None), *obj)] = torch.tensor([200, 10, 120], dtype=torch.uint8)[:, None, None]
+    mask = torch.zeros(1, 1, size, size, dtype=torch.bool)
+    mask[(0, 0, *obj)] = True
+    composite = torch.where(mask, factual, torch.full_like(factual, 40))
+    f, y, m = train_insertion.object_crops(factual, composite, mask, 1.0)
+    assert f.shape == y.shape == (1, 3, size, size) and m.shape == (1, 1, size, size)
+    assert f.dtype == y.dtype == torch.uint8 and m.dtype == torch.bool
+    assert m.float().mean().item() == pytest.approx(0.25, abs=0.02)  # 16^2 of a 32^2 crop
+    inside = m.expand_as(f) & (torch.nn.functional.max_pool2d((~m).float(), 5, 1, 2) == 0).expand_as(f)
+    assert torch.equal(f[inside], y[inside]) and set(f[0, :, 32, 32].tolist()) == {200, 10, 120}
+    shadow = (f != y).any(1).float().sum().item()  # the 4 x 16 px effect only the target holds, 2x per side
+    assert 4 * 4 * 16 <= shadow <= 1.5 * 4 * 4 * 16  # (plus the bilinear edge)
 
 
 def test_stage2_continues_without_widening_and_resume_is_exact(tmp_path, stage1, toydata):

@@ -98,6 +98,7 @@ class InsertionConfig(CommonConfig):
     lora_rank: int = 0  # 0: full fine-tune
     lora_alpha: float = 0.0  # 0: = lora_rank (scale 1)
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    crop_context: float = 0.0  # > 0: train on square crops around the object (removal.crop.square_box), resized
 
 
 HELPS = {
@@ -107,6 +108,8 @@ HELPS = {
     "stage": "1 (bootstrap pairs) or 2 (real pairs), recorded in the model card",
     "lr_schedule": "constant or cosine (decay to 0 over steps)",
     "lora_rank": "LoRA rank (0 = full fine-tune); needs an insertion-model base",
+    "crop_context": "0: whole images; > 0: square crops around the object, side (1 + context) x its long side, "
+                    "resized to the model's size, as the insertion node and the toy benchmark crop at inference",
 }
 
 
@@ -131,6 +134,8 @@ def validate(c: InsertionConfig) -> None:
         raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
     if c.lora_rank < 0 or c.lora_alpha < 0:
         raise ConfigError("lora_rank and lora_alpha must be >= 0")
+    if c.crop_context < 0:
+        raise ConfigError("crop_context must be >= 0 (0: whole images)")
     if c.lora_rank and not c.lora_targets:
         raise ConfigError("lora_targets is empty: name the UNet modules to adapt, e.g. to_q to_k to_v to_out.0")
 
@@ -231,6 +236,23 @@ def load_data(folder: Path, kind: str, size: int):
                               f"({pairs_error})") from None
 
 
+def object_crops(factual: torch.Tensor, composite: torch.Tensor, masks: torch.Tensor, context: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every pair cut to ``removal.crop.square_box(mask, context)`` and resized back to the pairs' size (images
+    bilinear, masks by area > 0.5): uint8 (N, 3, S, S) x2 and bool (N, 1, S, S), as the inputs are."""
+    from ..removal.crop import crop, resize_image, square_box
+
+    size = tuple(factual.shape[-2:])
+    fs, ys, ms = [], [], []
+    for f, y, m in zip(factual, composite, masks):
+        box = square_box(m[0], context)
+        hwc = torch.stack([f, y]).permute(0, 2, 3, 1).float()
+        images = resize_image(crop(hwc, box), size).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2)
+        mask = resize_image(crop(m[0, ..., None].float(), box)[None], size)[0, ..., 0] > 0.5
+        fs.append(images[0]), ys.append(images[1]), ms.append(mask[None])
+    return torch.stack(fs), torch.stack(ys), torch.stack(ms)
+
+
 # ----------------------------------------------------------------------------------------------- training
 
 
@@ -259,6 +281,8 @@ def train(config: InsertionConfig, command: str) -> dict:
     else:
         data_dir = Path(config.data_dir)
     data_kind, factual, composite, masks = load_data(data_dir, config.data_kind, bundle.image_size)
+    if config.crop_context > 0:
+        factual, composite, masks = object_crops(factual, composite, masks, config.crop_context)
     n = len(factual)
     hidden = bundle.encode_prompt([""]).float().cpu()  # the empty prompt, always
     logger.info("insertion stage %d: %d %s pairs from %s, base %s (%s), %s", config.stage, n, data_kind, data_dir,
@@ -282,7 +306,8 @@ def train(config: InsertionConfig, command: str) -> dict:
         info = {**base_info(bundle), **run_info, "conditioning": RECIPE, "in_layout": "noise+mask+composite",
                 "gray_masked": False, "mask_downsample": "max_pool", "prompt": "", "stage": config.stage,
                 "widened": widened, "base_recipe": bundle.info.get("recipe"), "base_stage": bundle.info.get("stage"),
-                "data_kind": data_kind, "train_pairs": n, "lr_schedule": config.lr_schedule, "lora": lora}
+                "data_kind": data_kind, "train_pairs": n, "lr_schedule": config.lr_schedule, "lora": lora,
+                "crop_context": config.crop_context}
         export_fine_tune(bundle, trained, info, out, lora=bool(config.lora_rank), save_dtype=config.save_dtype)
 
     recipe = Recipe(RECIPE, unet, params, hidden, draw, export)
