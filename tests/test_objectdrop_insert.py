@@ -3,13 +3,13 @@ SegDrop_ObjectDropInsert node's glue with a fake model (a 'shadow' below the pas
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from segdrop.removal.placement import Placement, check_placement, fit_to_mask, place_object, scaled_size
+from segdrop.testing import fake_comfy_models
+from segdrop.testing.fake_comfy_models import FakeCLIP, FakeVAE
 
 RED = torch.tensor([0.9, 0.1, 0.1])
 
@@ -158,31 +158,8 @@ WIDGETS = dict(seed=0, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal
                resolution=64, effect_threshold=0.08)
 
 
-class FakeVAE:
-    """encode: 8x8 average of RGB plus a constant channel; decode: nearest upsampling."""
-
-    def encode(self, pixels):
-        rgb = F.avg_pool2d(pixels[..., :3].movedim(-1, 1), 8)
-        return torch.cat([rgb, torch.ones_like(rgb[:, :1])], 1)
-
-    def decode(self, latent):
-        return F.interpolate(latent[:, :3], scale_factor=8, mode="nearest").movedim(1, -1)
-
-
-class FakeCLIP:
-    def __init__(self):
-        self.prompts = []
-
-    def tokenize(self, text):
-        self.prompts.append(text)
-        return text
-
-    def encode_from_tokens_scheduled(self, tokens):
-        return [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]
-
-
 def fake_model(in_channels=9):
-    return SimpleNamespace(model=SimpleNamespace(model_config=SimpleNamespace(unet_config={"in_channels": in_channels})))
+    return fake_comfy_models.fake_model(in_channels)
 
 
 @pytest.fixture

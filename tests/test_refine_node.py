@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from segdrop.distill.renoise_sampler import ancestral_step, ddim_renoise
+from segdrop.testing.fake_comfy_models import FakeCLIP, FakeVAE, fake_model
 
 NODE_ID = "SegDrop_BackgroundInpaintRefine"
 WIDGETS = dict(prompt="a photo of a background", seed=0, steps=3, eta=0.0, postprocess=False)
@@ -116,37 +116,6 @@ def test_callback_gets_k_diffusion_dicts():
 # ---------------------------------------------------------------------------------------------- the node glue
 
 
-class FakeVAE:
-    """encode: 8x8 average of RGB plus a constant channel -> (B, 4, H/8, W/8); decode: nearest upsampling."""
-
-    downscale_ratio = 8
-
-    def __init__(self):
-        self.encoded = []
-
-    def encode(self, pixels):
-        self.encoded.append(pixels.clone())
-        rgb = F.avg_pool2d(pixels[..., :3].movedim(-1, 1), 8)
-        return torch.cat([rgb, torch.ones_like(rgb[:, :1])], 1)
-
-    def decode(self, latent):
-        return F.interpolate(latent[:, :3], scale_factor=8, mode="nearest").movedim(1, -1)
-
-
-class FakeCLIP:
-    def __init__(self):
-        self.prompts = []
-
-    def tokenize(self, text):
-        self.prompts.append(text)
-        return text
-
-    def encode_from_tokens_scheduled(self, tokens):
-        return [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]
-
-
-def fake_model(in_channels=4):
-    return SimpleNamespace(model=SimpleNamespace(model_config=SimpleNamespace(unet_config={"in_channels": in_channels})))
 
 
 def square_found(size=64) -> torch.Tensor:
