@@ -134,6 +134,17 @@ def cropped_inserter(bundle, context: float, *, steps: int = 50, seed: int = 0, 
     return insert
 
 
+def model_inserter(bundle, *, steps: int = 50, seed: int = 0, effect_options: dict | None = None) -> Inserter:
+    """An insertion model sampled as it was trained: on square crops around the object when its card records a
+    ``crop_context`` (``cropped_inserter``), else on the whole image; the output is pasted through the
+    effect-aware mask either way (object ∪ changed region), as SegDrop_ObjectDropInsert does."""
+    context = float(bundle.info.get("crop_context") or 0.0)
+    if context > 0:
+        return cropped_inserter(bundle, context, steps=steps, seed=seed, effect_options=effect_options)
+    return sampled_remover(bundle, gray_masked=False, composite="effects", steps=steps, seed=seed,
+                           effect_options=effect_options)
+
+
 def missing_models(models: Path) -> list[str]:
     return [name for name in TOY_INSERTION_MODELS.values() if not (models / name).is_dir()]
 
@@ -141,8 +152,8 @@ def missing_models(models: Path) -> list[str]:
 def toy_inserters(models: Path, steps: int = 50, seed: int = 0, effect_options: dict | None = None
                   ) -> dict[str, Inserter]:
     """The insertion table's rows on the committed toy models: paste, no_bootstrap, bootstrap. A model samples
-    from noise with the composite and the mask, and its output is pasted through the effect-aware mask (object ∪
-    changed region), as SegDrop_ObjectDropInsert does (the same sampler and composite as removal's)."""
+    from noise with the composite and the mask (``model_inserter``: on the crops it was trained on), and its
+    output is pasted through the effect-aware mask (object ∪ changed region), as SegDrop_ObjectDropInsert does."""
     from ..training.bundle import load_bundle
 
     missing = missing_models(models)
@@ -152,11 +163,5 @@ def toy_inserters(models: Path, steps: int = 50, seed: int = 0, effect_options: 
                                 "to <models>/<name>.")
     rows: dict[str, Inserter] = {"paste": naive_paste}
     for row, name in TOY_INSERTION_MODELS.items():
-        bundle = load_bundle(models / name)
-        context = float(bundle.info.get("crop_context") or 0.0)
-        if context > 0:  # trained on object crops: sampled on the same crops
-            rows[row] = cropped_inserter(bundle, context, steps=steps, seed=seed, effect_options=effect_options)
-        else:
-            rows[row] = sampled_remover(bundle, gray_masked=False, composite="effects", steps=steps, seed=seed,
-                                        effect_options=effect_options)
+        rows[row] = model_inserter(load_bundle(models / name), steps=steps, seed=seed, effect_options=effect_options)
     return rows

@@ -166,16 +166,15 @@ def insertion_tiles(pair) -> list[list[np.ndarray]]:
     """object_insertion: background (the scene without the object and its effects; other objects stay) | the
     naive paste ``M·x + (1 - M)·background`` (the composite ObjectDrop Insert conditions on) | the committed toy
     insertion model's result (``models/toy_insertion``, bootstrap stage 1 + real-pair stage 2: 50 DDIM steps, seed
-    ``SEED``, pasted through the effect-aware mask with the demo's 64-px options, as ObjectDrop Insert does) | the
-    true scene with the object's shadow and reflection."""
-    from segdrop.demo.insertion import TOY_INSERTION_MODELS
+    ``SEED``, on the crop it was trained on, pasted through the effect-aware mask with the demo's 64-px options,
+    as ObjectDrop Insert does) | the true scene with the object's shadow and reflection."""
+    from segdrop.demo.insertion import TOY_INSERTION_MODELS, model_inserter
     from segdrop.demo.job import DEFAULT_MODEL
-    from segdrop.demo.removal import TOY_EFFECT_OPTIONS, sampled_remover
+    from segdrop.demo.removal import TOY_EFFECT_OPTIONS
     from segdrop.training.bundle import load_bundle
 
     model = load_bundle(DEFAULT_MODEL.parent / TOY_INSERTION_MODELS["bootstrap"])
-    inserter = sampled_remover(model, gray_masked=False, composite="effects", effect_options=TOY_EFFECT_OPTIONS,
-                               steps=50, seed=SEED)
+    inserter = model_inserter(model, steps=50, seed=SEED, effect_options=TOY_EFFECT_OPTIONS)
     inserted = inserter(pair.composite[None], pair.mask[None])[0]
     return [[pair.background / 255, pair.composite / 255, inserted.astype(np.float32) / 255, pair.factual / 255]]
 
