@@ -24,7 +24,6 @@ DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 """The attention projections peft attaches LoRA layers to unless a recipe's ``lora_targets`` says otherwise."""
 
 
-
 def add_lora(unet, rank: int, alpha: float, targets: list[str]):
     """Freeze ``unet`` and attach a peft LoRA adapter (gaussian-initialised A, zero B: starts as the base model)."""
     from peft import LoraConfig
