@@ -64,6 +64,59 @@ def insertion_pairs(split: str, count: int, seed: int, size: int) -> list[Insert
     return pairs
 
 
+def light_blind_renders(split: str, count: int, seed: int, size: int, draws: int = 8, rng_seed: int = 0
+                        ) -> np.ndarray:
+    """uint8 ``(draws, count, H, W, 3)``: for each pair of ``insertion_pairs(split, count, seed, size)``, ``draws``
+    pastes with the object's true shadow and reflection as the renderer draws them under a light drawn afresh from
+    the toy world's light distribution (``toyworld.scene.relit``; the layout otherwise unchanged). What an inserter
+    that draws effects perfectly but cannot tell where the light comes from would output."""
+    from .. import toyworld
+    from ..toyworld.scene import light_angle, render_layout, sample_layout
+
+    rng = np.random.default_rng(rng_seed)
+    out = np.zeros((draws, count, size, size, 3), np.uint8)
+    index = 0
+    for n, pair in enumerate(insertion_pairs(split, count, seed, size)):
+        while True:  # the scene seeds insertion_pairs used, skipping the same empty scenes
+            scene_seed = toyworld.scene_seed(seed, split, index)
+            index += 1
+            layout = sample_layout(np.random.default_rng(scene_seed))
+            if layout.objects:
+                break
+        k = toyworld.chosen_object(render_layout(layout, size, scene_seed))
+        floor = layout.background.kind == "floor"
+        for d in range(draws):
+            out[d, n] = effects_under_light(pair.composite, layout, k, light_angle(rng, floor), size, scene_seed)
+    return out
+
+
+def effects_under_light(composite: np.ndarray, layout, k: int, theta: float, size: int, scene_seed: int | None = None
+                        ) -> np.ndarray:
+    """uint8 ``composite`` with object ``k``'s shadow and reflection as the renderer draws them under a light at
+    angle ``theta`` (``toyworld.scene.relit``): the rendered darkening and tint (scene / scene without k) applied
+    on k's effect pixels. Under the layout's own light this gives back the factual scene."""
+    from ..toyworld.scene import relit, render_layout
+
+    scene = render_layout(relit(layout, theta), size, scene_seed)
+    obj = scene.objects[k]
+    effects = (obj.shadow_mask | obj.reflection_mask) & ~scene.object_mask
+    ratio = np.where(effects[..., None], scene.image / np.maximum(scene.counterfactual_without(k), 1e-3), 1.0)
+    return np.rint(np.clip(np.asarray(composite, np.float64) * ratio, 0, 255)).astype(np.uint8)
+
+
+def light_blind_scores(pairs: Sequence[InsertionPair], renders: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Reference rows from ``light_blind_renders`` on the same pairs: ``random_light``, one such render per scene
+    (scores averaged over the draws: a perfect light-blind sampler), and ``random_light_mean``, the mean of the
+    draws (the per-pixel estimate a light-blind inserter minimising the squared error would make). The light's
+    direction shows in a toy scene only through the other objects' shadows and a 10 % shading gradient on the
+    objects; an inserter beats these only by reading those cues."""
+    per_draw = [insertion_scores(list(draw), pairs) for draw in renders]
+    sampler = {key: (None if any(s[key] is None for s in per_draw) else float(np.mean([s[key] for s in per_draw])))
+               for key in per_draw[0]}
+    mean = np.rint(renders.astype(np.float64).mean(axis=0)).astype(np.uint8)
+    return {"random_light": sampler, "random_light_mean": insertion_scores(list(mean), pairs)}
+
+
 def naive_paste(composites: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """The do-nothing inserter: the composite as it is (the first row of the table)."""
     return np.asarray(composites).copy()

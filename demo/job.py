@@ -25,6 +25,8 @@ from .report import (
 )
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+LIGHT_BLIND_DRAWS = 8
+"""Lights drawn per scene for the insertion table's light-blind references (``insertion.light_blind_renders``)."""
 
 
 @dataclass
@@ -166,7 +168,14 @@ def run_removal(config: DemoConfig) -> dict:
 
 def run_insertion(config: DemoConfig) -> dict:
     """The insertion table on held-out one-object toy pairs whose factual scene is the target; writes panels."""
-    from .insertion import evaluate_insertion, insertion_pairs, missing_models, toy_inserters
+    from .insertion import (
+        evaluate_insertion,
+        insertion_pairs,
+        light_blind_renders,
+        light_blind_scores,
+        missing_models,
+        toy_inserters,
+    )
     from .removal import TOY_EFFECT_OPTIONS
 
     missing = missing_models(config.insertion_models)
@@ -181,7 +190,10 @@ def run_insertion(config: DemoConfig) -> dict:
     with tqdm(total=len(inserters) * len(pairs), desc="evaluate: object insertion", unit="image") as bar:
         table, outputs = evaluate_insertion(inserters, pairs, progress=bar.update)
     write_insertion_panels(config.out, pairs[: config.panels], outputs["bootstrap"], TOY_EFFECT_OPTIONS)
-    return {"scenes": len(pairs), "steps": config.insertion_steps, "rows": table}
+    renders = light_blind_renders("insertion", config.insertion_scenes, config.settings.seed, size,
+                                  draws=LIGHT_BLIND_DRAWS, rng_seed=config.settings.seed)
+    return {"scenes": len(pairs), "steps": config.insertion_steps, "rows": table,
+            "light_blind": {"draws": LIGHT_BLIND_DRAWS, **light_blind_scores(pairs, renders)}}
 
 
 def evaluate_folder(folder: Path, checkpoint: Path, out: Path, split: str | None = None,

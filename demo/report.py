@@ -170,7 +170,26 @@ def insertion_markdown(rows: dict | None, settings: dict) -> list[str]:
         *[f"| {name} | {_db(r['psnr'])} | {_db(r['psnr_shadow'])} | {_db(r['psnr_reflection'])} |"
           for name, r in rows.items()],
         "",
+        *_light_blind_lines(settings.get("light_blind")),
         "Insertion panels: background | naive paste | inserted (with bootstrap) | its effect mask | truth.",
+        "",
+    ]
+
+
+def _light_blind_lines(references: dict | None) -> list[str]:
+    """The renderer's light-blind references under the insertion table (none when the run has none)."""
+    if not references:
+        return []
+    rows = [(name, references[name]) for name in ("random_light", "random_light_mean") if name in references]
+    return [
+        f"Light-blind references (the renderer, not a model; {references.get('draws', '?')} lights drawn per scene): "
+        "`random_light` draws the object's true shadow and reflection under a random light (scores averaged over "
+        "the draws), `random_light_mean` is the mean of those renders. An inserter beats them only by reading where "
+        "the light comes from (the other objects' shadows, the objects' shading).",
+        "",
+        "| reference | PSNR | shadow | reflection |",
+        "| --- | --- | --- | --- |",
+        *[f"| {name} | {_db(r['psnr'])} | {_db(r['psnr_shadow'])} | {_db(r['psnr_reflection'])} |" for name, r in rows],
         "",
     ]
 

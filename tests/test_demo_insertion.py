@@ -16,9 +16,12 @@ from segdrop.demo import job
 from segdrop.demo.insertion import (
     TOY_INSERTION_MODELS,
     cropped_inserter,
+    effects_under_light,
     evaluate_insertion,
     insertion_pairs,
     insertion_scores,
+    light_blind_renders,
+    light_blind_scores,
     missing_models,
     naive_paste,
     toy_inserters,
@@ -111,7 +114,9 @@ def test_the_demo_section_scores_three_rows_and_writes_panels(toy_models, tmp_pa
     # the same model and seed give the same row; only the object and its surroundings may change
     assert section["rows"]["no_bootstrap"] == section["rows"]["bootstrap"]
     assert sorted(p.name for p in config.out.glob("insertion_*.png")) == ["insertion_00.png", "insertion_01.png"]
-    assert job.section_results("insertion", section)["insertion_settings"] == {"scenes": 3, "steps": 2}
+    settings = job.section_results("insertion", section)["insertion_settings"]
+    assert settings["scenes"] == 3 and settings["steps"] == 2
+    assert set(settings["light_blind"]) == {"draws", "random_light", "random_light_mean"}
 
 
 def test_a_model_trained_on_object_crops_is_sampled_on_them_and_nothing_outside_changes(toy_models, pairs, tmp_path):
@@ -146,3 +151,40 @@ def test_missing_models_are_named_and_the_section_is_skipped(tmp_path):
     section = job.run_insertion(job.DemoConfig(out=tmp_path / "out", insertion_models=tmp_path))
     assert "toy_insertion" in section["skipped"] and "rows" not in section
 
+
+
+def test_effects_under_the_scenes_own_light_give_back_the_factual_scene():
+    """The light-blind references apply the renderer's shadow/reflection under another light to the paste; under
+    the layout's own light that is the factual scene again (up to one grey level of rounding)."""
+    from segdrop.toyworld.scene import render_layout, sample_layout
+
+    checked = 0
+    for index in range(12):
+        seed = toyworld.scene_seed(2024, "insertion", index)
+        layout = sample_layout(np.random.default_rng(seed))
+        if not layout.objects:
+            continue
+        scene = render_layout(layout, 48, seed)
+        k = toyworld.chosen_object(scene)
+        factual = to_uint8(scene.image)
+        composite = np.where(scene.objects[k].mask[..., None], factual, to_uint8(scene.counterfactual_without(k)))
+        theta = float(np.arctan2(layout.light[1], layout.light[0]))
+        again = effects_under_light(composite, layout, k, theta, 48, seed)
+        assert np.abs(again.astype(int) - factual.astype(int)).max() <= 1
+        checked += 1
+    assert checked >= 8
+
+
+def test_light_blind_references_are_the_paste_plus_effects_and_miss_the_shadow_with_a_wrong_light(pairs):
+    renders = light_blind_renders("insertion", len(pairs), 2024, 48, draws=3, rng_seed=0)
+    assert renders.shape == (3, len(pairs), 48, 48, 3) and renders.dtype == np.uint8
+    for draw in renders:
+        for render, pair in zip(draw, pairs):
+            assert np.array_equal(render[pair.mask], pair.factual[pair.mask])  # the object is the paste's
+            assert (render.astype(int) <= pair.composite.astype(int) + 1).all()  # effects only darken here
+    scores = light_blind_scores(pairs, renders)
+    assert set(scores) == {"random_light", "random_light_mean"}
+    paste = insertion_scores([p.composite for p in pairs], pairs)
+    # a shadow somewhere near the object beats no shadow, and is far from perfect when the light is guessed
+    assert paste["psnr_shadow"] < scores["random_light_mean"]["psnr_shadow"] < 40
+    assert np.array_equal(light_blind_renders("insertion", len(pairs), 2024, 48, draws=3, rng_seed=0), renders)

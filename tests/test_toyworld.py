@@ -213,3 +213,26 @@ def test_cli_and_panel(tmp_path: Path):
 
     with Image.open(out) as im:
         assert im.size[1] == 48 and im.size[0] > 4 * 48
+
+
+def test_relit_moves_only_the_shadows_and_its_own_light_changes_nothing():
+    """``relit`` (the insertion table's light-blind references) keeps the layout and moves the light: under the
+    layout's own angle the scene is identical; under the opposite angle the shadows move and nothing else does."""
+    from segdrop.toyworld.scene import relit, render_layout, sample_layout
+
+    moved = 0
+    for seed in SEEDS:
+        layout = sample_layout(np.random.default_rng(seed))
+        if not layout.objects or layout.background.kind == "floor":
+            continue
+        scene = render_layout(layout, 48, seed)
+        own = np.arctan2(layout.light[1], layout.light[0])
+        same = render_layout(relit(layout, own), 48, seed)
+        np.testing.assert_array_equal(same.image, scene.image)
+        other = render_layout(relit(layout, own + np.pi), 48, seed)
+        np.testing.assert_array_equal(other.object_mask, scene.object_mask)
+        differs = _changed(other.image, scene.image) > 0
+        # the light also shades the objects a little (10 %); outside them only shadows move
+        assert not (differs & ~scene.object_mask & ~(scene.shadow_mask | other.shadow_mask)).any()
+        moved += int((other.shadow_mask != scene.shadow_mask).any())
+    assert moved >= 5

@@ -15,7 +15,7 @@ all objects and for each single object (``object_counterfactuals[i]``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -150,6 +150,28 @@ def _base_y(spec: ObjectSpec) -> float:
     return extent(spec)[3]
 
 
+def light_angle(rng: np.random.Generator, floor: bool) -> float:
+    """The light's angle in the image plane (y down): any direction over flat backgrounds; from above-front over a
+    floor, so shadows fall back towards the horizon and sideways."""
+    theta = rng.uniform(0, 2 * np.pi)
+    if floor:
+        theta = rng.uniform(np.pi * 1.15, np.pi * 1.85)  # y up in the image (negative)
+    return float(theta)
+
+
+def _shear_side(light: tuple[float, float]) -> float:
+    """The sideways direction of floor shadows: away from the light's horizontal component."""
+    return -1.0 if light[0] > 0 else 1.0
+
+
+def relit(layout: Layout, theta: float) -> Layout:
+    """The same layout under a light at angle ``theta`` (floor shadows lean to the matching side, same length):
+    what the scene would look like had the light come from elsewhere."""
+    light = (float(np.cos(theta)), float(np.sin(theta)))
+    shadow = dict(layout.shadow, floor_shear=_shear_side(light) * abs(layout.shadow["floor_shear"]))
+    return replace(layout, light=light, shadow=shadow)
+
+
 def sample_layout(
     rng: np.random.Generator, n_objects: int | None = None, background: str | None = None
 ) -> Layout:
@@ -161,11 +183,9 @@ def sample_layout(
         raise ValueError("n_objects must be in 0..3")
     floor = bg.kind == "floor"
     horizon = bg.horizon if floor else 0.0
-    theta = rng.uniform(0, 2 * np.pi)
-    if floor:  # light from above-front: shadows fall back towards the horizon and sideways
-        theta = rng.uniform(np.pi * 1.15, np.pi * 1.85)  # y up in the image (negative)
+    theta = light_angle(rng, floor)
     light = (float(np.cos(theta)), float(np.sin(theta)))
-    side = -1.0 if light[0] > 0 else 1.0
+    side = _shear_side(light)
     shadow = {
         "offset": float(rng.uniform(0.03, 0.06)),
         "shear": float(rng.uniform(-0.3, 0.3)),
