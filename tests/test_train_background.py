@@ -248,9 +248,20 @@ def test_the_recipe_trains_records_its_settings_and_exports_the_ema_weights(full
 def test_resume_is_exact_with_ema(tmp_path, t2i, masks, full_run):
     split = tmp_path / "split"
     assert train_background.main(argv(t2i, masks, split, *EMA, "--steps", "2")) == 0
+    # the EMA travels as safetensors, never as a pickle accelerate would load with weights_only=False
+    checkpoint = split / "checkpoints" / "step_2"
+    assert (checkpoint / "extra_state.safetensors").is_file() and not list(checkpoint.glob("custom_checkpoint_*"))
     assert train_background.main(argv(t2i, masks, split, *EMA, "--resume")) == 0
     np.testing.assert_allclose(losses(split), losses(full_run), rtol=0, atol=1e-6)
     assert_same_unet(split / "model", full_run / "model")
+
+
+def test_resume_with_ema_from_a_checkpoint_without_its_state_is_a_clear_error(tmp_path, t2i, masks, capsys):
+    run = tmp_path / "run"
+    assert train_background.main(argv(t2i, masks, run, *EMA, "--steps", "1")) == 0
+    (run / "checkpoints" / "step_1" / "extra_state.safetensors").unlink()
+    assert train_background.main(argv(t2i, masks, run, *EMA, "--steps", "2", "--resume")) == 2
+    assert "has no extra_state.safetensors" in capsys.readouterr().err
 
 
 def test_resume_refuses_other_ema_or_lora_settings(tmp_path, t2i, masks, full_run, capsys):

@@ -6,10 +6,15 @@ Layout of a run folder (``out``)::
 
     loss.jsonl                     one JSON row per optimisation step: {"step", "loss", "lr"}; "lr" is the rate
                                    that step's update used. Truncated to the resumed step on --resume.
-    checkpoints/step_N/            accelerator.save_state + training_state.json (written last, see below)
+    checkpoints/step_N/            accelerator.save_state + training_state.json (written last, see below), and
+                                   extra_state.safetensors when the recipe keeps more state (background's EMA)
     checkpoints/step_N.tmp         a checkpoint being written (renamed to step_N when complete)
     checkpoints/step_N.deleting    a checkpoint being pruned (renamed first, then removed)
     checkpoints/step_N.broken      a checkpoint that failed to load on resume, moved aside for inspection
+
+accelerate writes the weights as ``model.safetensors`` and the optimizer, scheduler and RNG states as torch files that
+it loads back with ``torch.load(weights_only=True)`` (tensors and plain containers only, no code); a recipe's own
+state (an EMA) goes into ``extra_state.safetensors`` instead of accelerate's custom-state pickle.
 
 A folder counts as a checkpoint only when it is named ``step_<digits>`` and holds ``training_state.json``;
 anything else of the ``step_*`` shape except ``*.broken`` is a leftover of a killed save or prune and
@@ -42,6 +47,7 @@ logger = logging.getLogger("segdrop.training.loop")
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "training_state.json"
+EXTRA_STATE_FILE = "extra_state.safetensors"
 LOSS_FILE = "loss.jsonl"
 TMP_SUFFIX = ".tmp"
 DELETING_SUFFIX = ".deleting"
@@ -211,9 +217,12 @@ def prune_checkpoints(out: Path, limit: int) -> list[Path]:
     return removed
 
 
-def save_checkpoint(accelerator, out: Path, step: int, state: dict, limit: int) -> Path:
-    """``accelerator.save_state`` into ``step_N.tmp`` (all processes), then on the main process
-    ``training_state.json`` and the rename to ``step_N``, then pruning to ``limit`` checkpoints."""
+def save_checkpoint(accelerator, out: Path, step: int, state: dict, limit: int,
+                    tensors: dict | None = None) -> Path:
+    """``accelerator.save_state`` into ``step_N.tmp`` (all processes), then on the main process ``tensors`` (the
+    recipe's own state, e.g. an EMA) as ``extra_state.safetensors``, ``training_state.json`` and the rename to
+    ``step_N``, then pruning to ``limit`` checkpoints. The recipe's state goes to safetensors rather than through
+    ``register_for_checkpointing``, whose pickle accelerate loads with ``weights_only=False``."""
     root = Path(out) / CHECKPOINT_DIR
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     tmp = root / f"{CHECKPOINT_PREFIX}{step}{TMP_SUFFIX}"
@@ -225,6 +234,10 @@ def save_checkpoint(accelerator, out: Path, step: int, state: dict, limit: int) 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if tensors:
+            from safetensors.torch import save_file
+
+            save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp / EXTRA_STATE_FILE))
         write_text_atomic(tmp / STATE_FILE, text)
         if final.exists():
             doomed = final.with_name(final.name + DELETING_SUFFIX)
@@ -345,6 +358,19 @@ class Resumed:
     state: dict
 
 
+def load_extra_state(resumed: Resumed) -> dict:
+    """The recipe's own tensors saved with the checkpoint (``save_checkpoint(tensors=...)``); a checkpoint without
+    them is a ``ConfigError`` (one written before the recipe kept them, or by another setting)."""
+    from safetensors.torch import load_file
+
+    file = resumed.path / EXTRA_STATE_FILE
+    if not file.is_file():
+        raise ConfigError(f"checkpoint {resumed.path} has no {EXTRA_STATE_FILE} (the EMA or other state this run "
+                          "keeps): it was written without that setting or by an older SegDrop; start over without "
+                          "--resume or resume with the settings it was written with")
+    return load_file(str(file))
+
+
 def _any_process_failed(accelerator, failed: bool) -> bool:
     if accelerator.num_processes == 1:
         return failed
@@ -412,7 +438,7 @@ def load_latest_checkpoint(accelerator, out: Path) -> Resumed | None:
 __all__ = [
     "ConfigError", "LossLog", "Resumed", "checkpoint_leftovers", "checkpoint_state", "check_process_count",
     "check_scheduler_position", "clean_checkpoint_leftovers", "dumps_strict", "finite_or_none", "launch_command",
-    "list_checkpoints", "load_latest_checkpoint", "make_accelerator", "prepare_run_dir", "prune_checkpoints",
+    "list_checkpoints", "load_extra_state", "load_latest_checkpoint", "make_accelerator", "prepare_run_dir", "prune_checkpoints",
     "relaunch_hint", "save_checkpoint", "write_text_atomic",
 ]
 
@@ -458,6 +484,7 @@ class StepRunner:
     wall_before: float
     name: str = ""
     state_extra: dict | None = None
+    extra_tensors: Any = None  # () -> {name: tensor}: the recipe's own state saved with every checkpoint
 
     def __post_init__(self) -> None:
         self.recent: list[float] = []
@@ -511,7 +538,8 @@ class StepRunner:
             state = checkpoint_state(step, num_processes=world, batch_size=c.batch_size, loss=self.last_loss,
                                      lr=self.lr, wall_time_s=wall, seed=c.seed, command=self.command,
                                      **(self.state_extra or {}))
-            save_checkpoint(accelerator, self.out, step, state, c.checkpoints_total_limit)
+            save_checkpoint(accelerator, self.out, step, state, c.checkpoints_total_limit,
+                            self.extra_tensors() if self.extra_tensors is not None else None)
         if over_time and step < c.steps:
             logger.info("max_train_minutes=%.1f reached at step %d: stopping", c.max_train_minutes, step)
             return True

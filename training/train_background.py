@@ -69,6 +69,7 @@ from .loop import (
     finite_or_none,
     launch_command,
     list_checkpoints,
+    load_extra_state,
     min_snr_weights,
     prepare_run_dir,
     start_or_resume,
@@ -267,7 +268,8 @@ def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 class ParameterEma:
     """Exponential moving average of ``params`` with LitEma's warm-up: decay_n = min(decay, (1 + n) / (10 + n)) at
-    the n-th update. ``state_dict``/``load_state_dict`` let accelerate checkpoint it (exact resume)."""
+    the n-th update. ``state_dict`` is a flat tensor dict, saved as safetensors with every checkpoint (exact
+    resume, no pickle)."""
 
     def __init__(self, params: list, decay: float) -> None:
         self.decay = float(decay)
@@ -286,15 +288,18 @@ class ParameterEma:
         for shadow, p in zip(self.shadow, params):
             p.copy_(shadow.to(p.dtype))
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": [s.cpu() for s in self.shadow]}
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``{"ema.num_updates": (1,) int64, "ema.shadow.<i>": the i-th average}``."""
+        return {"ema.num_updates": torch.tensor([self.num_updates], dtype=torch.int64),
+                **{f"ema.shadow.{i}": s.cpu() for i, s in enumerate(self.shadow)}}
 
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["shadow"]) != len(self.shadow):
-            raise ValueError(f"EMA state holds {len(state['shadow'])} tensors, this run trains {len(self.shadow)}")
-        self.num_updates = int(state["num_updates"])
-        for shadow, saved in zip(self.shadow, state["shadow"]):
-            shadow.copy_(saved)
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        saved = sum(1 for name in state if name.startswith("ema.shadow."))
+        if saved != len(self.shadow) or "ema.num_updates" not in state:
+            raise ValueError(f"EMA state holds {saved} tensors, this run trains {len(self.shadow)}")
+        self.num_updates = int(state["ema.num_updates"][0])
+        for i, shadow in enumerate(self.shadow):
+            shadow.copy_(state[f"ema.shadow.{i}"])
 
 
 def check_resume_settings(out: Path, config: BackgroundConfig) -> None:
@@ -371,15 +376,16 @@ def train(config: BackgroundConfig, command: str) -> dict:
     lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=config.warmup_steps)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     ema = ParameterEma(params, config.ema_decay) if config.ema_decay > 0 else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
     header = config_header(world, config.batch_size, command)
     step, wall_before, log, resumed = start_or_resume(accelerator, out, config.resume, lr_scheduler,
                                                       header + dump_toml(config))
+    if ema is not None and resumed is not None:
+        ema.load_state_dict(load_extra_state(resumed))
     runner = StepRunner(accelerator, out, config, log, optimizer, lr_scheduler, scheduler, command, started, wall_before,
                         name="background", state_extra={"recipe": "background", "ema_decay": config.ema_decay,
-                                                        "lora_rank": config.lora_rank})
+                                                        "lora_rank": config.lora_rank},
+                        extra_tensors=ema.state_dict if ema is not None else None)
     device = accelerator.device
     hidden_table = hidden.to(device)
     unet.train()
