@@ -154,12 +154,13 @@ def cropped_inserter(bundle, context: float, *, steps: int = 50, seed: int = 0, 
     """An inserter that works as SegDrop_ObjectDropInsert does, on a crop around the object: each composite is cut
     to ``removal.crop.square_box(mask, context)`` (square, so a batch shares one size), resized to the model's
     size, sampled (``conditioned_sample``, the composite not grayed), resized back and stitched into the composite
-    with the effect-aware mask computed on the crop. Pixels outside the crop are the composite's exactly. For
+    with the node's ``removal.stitch_effects`` (effect-aware mask, tapered towards crop sides inside the image).
+    Pixels outside the crop are the composite's exactly. For
     models trained on the same crops (``insertion --crop_context``)."""
     import torch
 
-    from ..removal.crop import crop, resize_image, square_box, stitch
-    from ..removal.effect_mask import effect_mask
+    from ..removal.crop import crop, resize_image, square_box
+    from ..removal.effect_mask import stitch_effects
     from ..training.conditioned_unet import conditioned_sample
 
     size = (bundle.image_size, bundle.image_size)
@@ -178,10 +179,10 @@ def cropped_inserter(bundle, context: float, *, steps: int = 50, seed: int = 0, 
         sampled_t = torch.from_numpy(sampled).float() / 255
         out = []
         for k, box in enumerate(boxes):
-            region, region_mask = crop(images[k], box), crop(masks_t[k][..., None], box)[..., 0]
-            back = resize_image(sampled_t[k:k + 1], (box.height, box.width))[0].clamp(0, 1)
-            weights = effect_mask(region, back, region_mask, **(effect_options or {}))
-            out.append(stitch(images[k], back, box, weights))
+            back = resize_image(sampled_t[k:k + 1], (box.height, box.width)).clamp(0, 1)
+            object_mask = crop(masks_t[k:k + 1, ..., None], box)[..., 0]
+            stitched, _ = stitch_effects(images[k:k + 1], back, box, **(effect_options or {}), object_mask=object_mask)
+            out.append(stitched[0])
         return np.rint(torch.stack(out).numpy() * 255).astype(np.uint8)
 
     return insert

@@ -15,20 +15,17 @@ from ..removal import (
     crop,
     crop_box,
     dilate,
-    effect_mask,
     objectdrop_conditioning_values,
-    stitch,
+    stitch_effects,
     working_size,
 )
 from ..removal.conditioning import latent_cell_mask
-from ..removal.crop import edge_taper, resize_image, resize_mask
-from ..removal.effect_mask import DEFAULT_FEATHER, DEFAULT_GROW, DEFAULT_THRESHOLD
+from ..removal.crop import resize_image, resize_mask
+from ..removal.effect_mask import DEFAULT_THRESHOLD
 from .types import CATEGORY
 
 log = logging.getLogger("segdrop")
 LATENT_SCALE = 8
-EDGE_TAPER = DEFAULT_GROW + DEFAULT_FEATHER
-"""The composite fades to 0 over this many px towards crop sides inside the image."""
 FALLBACK_SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "ddim"]  # only when ComfyUI is not importable
 FALLBACK_SCHEDULERS = ["normal", "karras", "simple", "ddim_uniform"]
 
@@ -186,11 +183,7 @@ def sample_in_crop(model, vae, cond, photo: torch.Tensor, mask: torch.Tensor, bo
     if decoded.dim() == 5:  # video VAEs give (B, T, H, W, C)
         decoded = decoded.reshape(-1, *decoded.shape[-3:])
     back = resize_image(decoded, (box.height, box.width)).clamp(0, 1)
-    weights = effect_mask(region, back, region_mask, threshold=effect_threshold)
-    taper = edge_taper(box, tuple(photo.shape[1:3]), EDGE_TAPER).to(weights)
-    weights = torch.maximum(weights * taper, (region_mask > 0.5).to(weights))  # no seam at the crop edge
-    patch = torch.cat([back.to(photo.dtype), crop(photo, box)[..., 3:]], -1)  # keeps an alpha channel
-    stitched = stitch(photo, patch, box, weights)
+    stitched, weights = stitch_effects(photo, back, box, threshold=effect_threshold, object_mask=region_mask)
     effect = torch.zeros(1, *photo.shape[1:3])
     effect[(slice(None), *box.slices)] = weights
     return CropResult(stitched, effect, pixels, decoded, weights)

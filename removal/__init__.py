@@ -11,11 +11,13 @@ from .effect_mask import (
     DEFAULT_THRESHOLD,
     changed_region,
     effect_mask,
+    stitch_effects,
 )
 from .placement import Placement, fit_to_mask, place_object
 
 __all__ = [
     "CropBox", "crop", "crop_box", "dilate", "mask_bbox", "paste", "stitch", "working_size",
     "DEFAULT_FEATHER", "DEFAULT_GROW", "DEFAULT_MIN_AREA", "DEFAULT_THRESHOLD", "changed_region", "effect_mask",
+    "stitch_effects",
     "conditioning_set_values", "objectdrop_conditioning_values", "Placement", "fit_to_mask", "place_object",
 ]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..segment.gmm import remove_small_components
-from .crop import dilate
+from .crop import CropBox, crop, dilate, edge_taper, stitch
 
 DEFAULT_THRESHOLD = 0.08
 """Mean |output - input| over RGB (0..1 scale) above which a pixel counts as changed."""
@@ -68,3 +68,21 @@ def effect_mask(before: torch.Tensor, after: torch.Tensor, object_mask: torch.Te
     soft = torch.maximum(box_blur(hard, feather), union).clamp(0, 1)
     soft = torch.where(soft < 1e-6, torch.zeros_like(soft), soft)  # exact zeros away from the mask
     return soft if batched else soft[0]
+
+
+def stitch_effects(photo: torch.Tensor, back: torch.Tensor, box: CropBox, threshold: float = DEFAULT_THRESHOLD,
+                   min_area: int = DEFAULT_MIN_AREA, grow: int = DEFAULT_GROW, feather: int = DEFAULT_FEATHER, *,
+                   object_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ObjectDrop's stitch of a model's output over a crop: ``(stitched photo, weights over the box)``.
+
+    ``photo`` is ``(1, H, W, C)`` (an alpha channel stays the photo's), ``back`` the output resized to the box,
+    ``(1, h, w, 3)``, ``object_mask`` the object's mask over the box, ``(1, h, w)``. The weights are the
+    effect-aware mask (``effect_mask``), faded to 0 over ``grow + feather`` px towards box sides that lie inside the
+    image (a change reaching the crop's edge leaves no seam) and always 1 on the object. ObjectDrop Remove/Insert
+    and the toy insertion benchmark stitch with it."""
+    region = crop(photo[..., :3], box)
+    weights = effect_mask(region, back, object_mask, threshold, min_area, grow, feather)
+    taper = edge_taper(box, tuple(photo.shape[1:3]), grow + feather).to(weights)
+    weights = torch.maximum(weights * taper, (object_mask > 0.5).to(weights))
+    patch = torch.cat([back.to(photo.dtype), crop(photo, box)[..., 3:]], -1)
+    return stitch(photo, patch, box, weights), weights

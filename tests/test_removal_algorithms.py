@@ -184,3 +184,26 @@ def test_edge_taper_fades_out_only_at_crop_sides_inside_the_image():
     original = torch.rand(1, 32, 16, 3)
     out = stitch(original, torch.zeros(1, 16, 16, 3), box, taper[None])
     assert torch.equal(out[0, 4], original[0, 4]) and torch.equal(out[0, 19], original[0, 19])  # no seam rows
+
+
+def test_stitch_effects_pastes_the_object_and_the_change_fading_at_inner_crop_sides_and_keeps_alpha():
+    from segdrop.removal import stitch_effects
+    from segdrop.removal.crop import CropBox
+
+    photo = torch.full((1, 32, 32, 4), 0.5)
+    photo[..., 3] = 0.25  # an alpha channel the stitch must keep
+    box = CropBox(top=8, left=0, bottom=24, right=16)  # the left side lies on the image border
+    back = torch.full((1, 16, 16, 3), 0.5)
+    back[:, :, :4] = 0.0  # a change reaching the top/bottom crop sides (inside the image) and the left border
+    back[:, 6:10, 8:12] = 0.9  # the object's pixels
+    object_mask = torch.zeros(1, 16, 16)
+    object_mask[:, 6:10, 8:12] = 1
+    out, weights = stitch_effects(photo, back, box, threshold=0.1, min_area=1, grow=1, feather=1,
+                                  object_mask=object_mask)
+    assert out.shape == photo.shape and torch.equal(out[..., 3], photo[..., 3])
+    assert bool((weights[0, 6:10, 8:12] == 1).all()) and torch.allclose(out[0, 14:18, 8:12, :3], torch.tensor(0.9))
+    assert bool((weights[0, 0] == 0).all()) and bool((weights[0, -1] == 0).all())  # faded at the inner sides
+    assert float(weights[0, 8, 0]) == 1.0 and float(out[0, 16, 0, 0]) == 0.0  # full at the image border
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[8:24, :16] = False
+    assert torch.equal(out[0][outside], photo[0][outside])
