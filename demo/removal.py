@@ -122,7 +122,7 @@ def sampled_remover(bundle, *, gray_masked: bool, composite: str, steps: int = 5
     import torch
 
     from ..removal.crop import paste
-    from ..removal.effect_mask import effect_mask
+    from ..removal.effect_mask import paste_effects
     from ..training.conditioned_unet import conditioned_sample
 
     if composite not in ("mask", "effects"):
@@ -131,13 +131,11 @@ def sampled_remover(bundle, *, gray_masked: bool, composite: str, steps: int = 5
     def remove(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         masks = _dilate(masks, mask_dilation)
         output = conditioned_sample(bundle, images, masks, steps=steps, seed=seed, gray_masked=gray_masked)
+        if composite == "effects":
+            return paste_effects(images, output, masks, **(effect_options or {}))
         before = torch.from_numpy(images).float() / 255
         after = torch.from_numpy(output).float() / 255
-        if composite == "mask":
-            weight = torch.from_numpy(masks).float()
-        else:
-            weight = effect_mask(before, after, torch.from_numpy(masks).float(), **(effect_options or {}))
-        return np.rint(paste(before, after, weight).numpy() * 255).astype(np.uint8)
+        return np.rint(paste(before, after, torch.from_numpy(masks).float()).numpy() * 255).astype(np.uint8)
 
     return remove
 

@@ -11,6 +11,7 @@ from .effect_mask import (
     DEFAULT_THRESHOLD,
     changed_region,
     effect_mask,
+    paste_effects,
     stitch_effects,
 )
 from .placement import Placement, fit_to_mask, place_object
@@ -18,6 +19,6 @@ from .placement import Placement, fit_to_mask, place_object
 __all__ = [
     "CropBox", "crop", "crop_box", "dilate", "mask_bbox", "paste", "stitch", "working_size",
     "DEFAULT_FEATHER", "DEFAULT_GROW", "DEFAULT_MIN_AREA", "DEFAULT_THRESHOLD", "changed_region", "effect_mask",
-    "stitch_effects",
+    "paste_effects", "stitch_effects",
     "conditioning_set_values", "objectdrop_conditioning_values", "Placement", "fit_to_mask", "place_object",
 ]

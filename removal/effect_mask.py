@@ -17,11 +17,12 @@ round-trip blur never reaches the untouched part of the photo. The object mask i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..segment.gmm import remove_small_components
-from .crop import CropBox, crop, dilate, edge_taper, stitch
+from .crop import CropBox, crop, dilate, edge_taper, paste, stitch
 
 DEFAULT_THRESHOLD = 0.08
 """Mean |output - input| over RGB (0..1 scale) above which a pixel counts as changed."""
@@ -86,3 +87,16 @@ def stitch_effects(photo: torch.Tensor, back: torch.Tensor, box: CropBox, thresh
     weights = torch.maximum(weights * taper, (object_mask > 0.5).to(weights))
     patch = torch.cat([back.to(photo.dtype), crop(photo, box)[..., 3:]], -1)
     return stitch(photo, patch, box, weights), weights
+
+
+def paste_effects(before: np.ndarray, after: np.ndarray, object_mask: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                  min_area: int = DEFAULT_MIN_AREA, grow: int = DEFAULT_GROW, feather: int = DEFAULT_FEATHER
+                  ) -> np.ndarray:
+    """uint8 ``after`` pasted into uint8 ``before`` (``(H, W, 3)`` or ``(B, H, W, 3)`` arrays, same size) through
+    the effect-aware mask of ``object_mask`` (bool ``(H, W)`` / ``(B, H, W)``): the whole-image composite of a
+    removal or insertion output, in plain arrays. Pixels the mask leaves out are ``before``'s exactly."""
+    first = torch.from_numpy(np.ascontiguousarray(before)).float() / 255
+    second = torch.from_numpy(np.ascontiguousarray(after)).float() / 255
+    weight = effect_mask(first, second, torch.from_numpy(np.asarray(object_mask, bool)).float(), threshold, min_area,
+                         grow, feather)
+    return np.rint(paste(first, second, weight).numpy() * 255).astype(np.uint8)

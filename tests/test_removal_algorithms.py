@@ -207,3 +207,24 @@ def test_stitch_effects_pastes_the_object_and_the_change_fading_at_inner_crop_si
     outside = torch.ones(32, 32, dtype=torch.bool)
     outside[8:24, :16] = False
     assert torch.equal(out[0][outside], photo[0][outside])
+
+
+def test_paste_effects_takes_plain_uint8_arrays_and_keeps_untouched_pixels_exactly():
+    import numpy as np
+
+    from segdrop.removal import paste_effects
+
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    after = before.copy()
+    after[:, 4:8, 4:8] = 0  # the object region
+    after[:, 12:18, 4:10] = before[:, 12:18, 4:10] // 2  # a removed shadow: a large change away from the object
+    after[:, 20:, 20:] = np.clip(before[:, 20:, 20:].astype(int) + 3, 0, 255)  # regeneration noise below threshold
+    masks = np.zeros((2, 24, 24), bool)
+    masks[:, 4:8, 4:8] = True
+    out = paste_effects(before, after, masks, threshold=0.08, min_area=4, grow=1, feather=1)
+    assert out.dtype == np.uint8 and out.shape == before.shape
+    assert np.array_equal(out[:, 4:8, 4:8], after[:, 4:8, 4:8])
+    assert np.array_equal(out[:, 13:17, 5:9], after[:, 13:17, 5:9])  # the shadow's inside comes from the output
+    assert np.array_equal(out[:, 20:, 20:], before[:, 20:, 20:])  # small changes far away keep the input exactly
+    assert np.array_equal(paste_effects(before[0], after[0], masks[0], 0.08, 4, 1, 1), out[0])

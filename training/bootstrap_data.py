@@ -210,16 +210,10 @@ def effect_composite(factual: np.ndarray, removed: np.ndarray, mask: np.ndarray,
     changed by more than ``effect_threshold``, grown and feathered), as SegDrop_ObjectDropRemove composites: away
     from the object and its effects z is exactly x, so the effect filter and the insertion model see only what the
     removal took away, not the model's regeneration noise over the whole image."""
-    import torch
+    from ..removal.effect_mask import paste_effects
 
-    from ..removal.crop import paste
-    from ..removal.effect_mask import effect_mask
-
-    before = torch.from_numpy(np.ascontiguousarray(factual)).float() / 255
-    after = torch.from_numpy(np.ascontiguousarray(removed)).float() / 255
-    weight = effect_mask(before, after, torch.from_numpy(np.asarray(mask, bool)).float(), config.effect_threshold,
-                         config.composite_min_area, config.composite_grow, config.composite_feather)
-    return np.rint(paste(before, after, weight).numpy() * 255).astype(np.uint8)
+    return paste_effects(factual, removed, mask, config.effect_threshold, config.composite_min_area,
+                         config.composite_grow, config.composite_feather)
 
 
 def composite(factual: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
