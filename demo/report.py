@@ -52,7 +52,7 @@ def write_removal_panels(out: Path, items: Sequence[LabelledImage], outputs: dic
     paths = []
     for index, item in enumerate(items):
         removed = outputs["objectdrop"][index] / 255.0
-        tiles = [item.rgb, _grey(item.foreground), outputs["inpaint"][index] / 255.0, removed,
+        tiles = [item.rgb, grey_tile(item.foreground), outputs["inpaint"][index] / 255.0, removed,
                  _effect_tile(item.rgb, removed, item.foreground, effect_options), as_float_image(item.counterfactual)]
         paths.append(_save_row(tiles, out / f"removal_{index:02d}.png"))
     return paths
@@ -76,14 +76,14 @@ def write_refinement_panels(out: Path, items: Sequence[LabelledImage], pictures:
     paths = []
     for index, item in enumerate(items):
         difference = np.asarray(pictures["difference"][index], np.float32)
-        tiles = [item.rgb, _grey(pictures["prelim"][index]), pictures["inpainted"][index] / 255.0,
-                 _grey(difference / max(float(difference.max()), 1e-6)), _grey(pictures["refined"][index]),
-                 _grey(pictures["segmenter_synthetic"][index]), _grey(item.foreground)]
+        tiles = [item.rgb, grey_tile(pictures["prelim"][index]), pictures["inpainted"][index] / 255.0,
+                 grey_tile(difference / max(float(difference.max()), 1e-6)), grey_tile(pictures["refined"][index]),
+                 grey_tile(pictures["segmenter_synthetic"][index]), grey_tile(item.foreground)]
         paths.append(_save_row(tiles, out / f"refinement_{index:02d}.png"))
     return paths
 
 
-def _grey(mask) -> np.ndarray:
+def grey_tile(mask) -> np.ndarray:
     """A mask (or a [0, 1] map) as an (H, W, 3) grey float tile."""
     return np.repeat(np.asarray(mask, np.float32)[..., None], 3, axis=-1)
 
@@ -95,7 +95,7 @@ def _effect_tile(before, after, object_mask, effect_options: dict | None) -> np.
 
     effects = effect_mask(torch.from_numpy(np.asarray(before, np.float32)), torch.from_numpy(np.asarray(after, np.float32)),
                           torch.from_numpy(np.asarray(object_mask)).float(), **(effect_options or {}))
-    return _grey(effects.numpy())
+    return grey_tile(effects.numpy())
 
 
 def _save_row(tiles: Sequence[np.ndarray], path: Path) -> Path:

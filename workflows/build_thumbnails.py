@@ -96,6 +96,7 @@ def refine_tiles(bundle, m_prime, items) -> list[list[np.ndarray]]:
     it."""
     from segdrop.demo.protocol import EvalSettings
     from segdrop.demo.refinement import TOY_BACKGROUND_PROMPT
+    from segdrop.demo.report import grey_tile
     from segdrop.distill.pipeline import preliminary_masks, refine
     from segdrop.segment import resize_mask
 
@@ -104,7 +105,7 @@ def refine_tiles(bundle, m_prime, items) -> list[list[np.ndarray]]:
     refined, background, _ = refine(m_prime, images, prelim, prompt=TOY_BACKGROUND_PROMPT, steps=50,
                                      seed=[SEED + k for k in range(len(items))])
     shown = resize_mask(torch.from_numpy(prelim), tuple(images.shape[1:3])).numpy()
-    return [[image / 255, _grey(mask), pixels / 255, _grey(mask_refined)]
+    return [[image / 255, grey_tile(mask), pixels / 255, grey_tile(mask_refined)]
             for image, mask, pixels, mask_refined in zip(images.astype(np.float32), shown,
                                                           background.astype(np.float32), refined)]
 
@@ -141,6 +142,7 @@ def removal_tiles(item) -> list[list[np.ndarray]]:
     does, with the demo's 64-px effect options (``TOY_EFFECT_OPTIONS``)."""
     from segdrop.demo.job import DEFAULT_MODEL
     from segdrop.demo.removal import TOY_EFFECT_OPTIONS, sampled_remover
+    from segdrop.demo.report import grey_tile
     from segdrop.training.bundle import load_bundle
 
     remover = sampled_remover(load_bundle(DEFAULT_MODEL.parent / "toy_removal"), gray_masked=False,
@@ -148,7 +150,7 @@ def removal_tiles(item) -> list[list[np.ndarray]]:
     image = _uint8(item.rgb)
     removed = remover(image[None], item.foreground[None])[0]
     truth = _uint8(item.counterfactual)
-    return [[image / 255, _grey(item.foreground), removed.astype(np.float32) / 255, truth / 255]]
+    return [[image / 255, grey_tile(item.foreground), removed.astype(np.float32) / 255, truth / 255]]
 
 
 def insertion_pair(count: int = 16):
@@ -182,10 +184,6 @@ def insertion_tiles(pair) -> list[list[np.ndarray]]:
 def _uint8(picture) -> np.ndarray:
     picture = np.asarray(picture)
     return picture if picture.dtype == np.uint8 else np.rint(np.asarray(picture, np.float32) * 255).astype(np.uint8)
-
-
-def _grey(mask) -> np.ndarray:
-    return np.repeat(np.asarray(mask, np.float32)[..., None], 3, -1)
 
 
 def _save(card, folder: Path, name: str) -> Path:
