@@ -44,18 +44,29 @@ class InsertionPair:
         return np.where(self.mask[..., None], self.factual, self.background)
 
 
+def insertion_scene_seeds(split: str, count: int, seed: int) -> list[int]:
+    """The scene seeds of ``split``'s first ``count`` scenes that hold an object (``toyworld.scene_seed`` order)."""
+    from .. import toyworld
+    from ..toyworld.scene import sample_layout
+
+    seeds, index = [], 0
+    while len(seeds) < count:
+        scene_seed = toyworld.scene_seed(seed, split, index)
+        index += 1
+        if sample_layout(np.random.default_rng(scene_seed)).objects:
+            seeds.append(scene_seed)
+    return seeds
+
+
 def insertion_pairs(split: str, count: int, seed: int, size: int) -> list[InsertionPair]:
     """``count`` held-out one-object pairs of ``split`` (scene seeds as ``toyworld.write_object_pairs``; scenes
     without objects are skipped, so the scenes are the first ``count`` with one)."""
     from .. import toyworld
     from ..toyworld.dataset import to_uint8
 
-    pairs, index = [], 0
-    while len(pairs) < count:
-        scene = toyworld.make_scene(toyworld.scene_seed(seed, split, index), size=size)
-        index += 1
-        if not scene.objects:
-            continue
+    pairs = []
+    for scene_seed in insertion_scene_seeds(split, count, seed):
+        scene = toyworld.make_scene(scene_seed, size=size)
         k = toyworld.chosen_object(scene)
         obj = scene.objects[k]
         outside = ~scene.object_mask
@@ -75,14 +86,9 @@ def light_blind_renders(split: str, count: int, seed: int, size: int, draws: int
 
     rng = np.random.default_rng(rng_seed)
     out = np.zeros((draws, count, size, size, 3), np.uint8)
-    index = 0
-    for n, pair in enumerate(insertion_pairs(split, count, seed, size)):
-        while True:  # the scene seeds insertion_pairs used, skipping the same empty scenes
-            scene_seed = toyworld.scene_seed(seed, split, index)
-            index += 1
-            layout = sample_layout(np.random.default_rng(scene_seed))
-            if layout.objects:
-                break
+    pairs = insertion_pairs(split, count, seed, size)
+    for n, (pair, scene_seed) in enumerate(zip(pairs, insertion_scene_seeds(split, count, seed))):
+        layout = sample_layout(np.random.default_rng(scene_seed))
         k = toyworld.chosen_object(render_layout(layout, size, scene_seed))
         floor = layout.background.kind == "floor"
         for d in range(draws):
