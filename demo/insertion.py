@@ -62,17 +62,22 @@ def insertion_pairs(split: str, count: int, seed: int, size: int) -> list[Insert
     """``count`` held-out one-object pairs of ``split`` (scene seeds as ``toyworld.write_object_pairs``; scenes
     without objects are skipped, so the scenes are the first ``count`` with one)."""
     from .. import toyworld
-    from ..toyworld.dataset import to_uint8
 
     pairs = []
     for scene_seed in insertion_scene_seeds(split, count, seed):
         scene = toyworld.make_scene(scene_seed, size=size)
-        k = toyworld.chosen_object(scene)
-        obj = scene.objects[k]
-        outside = ~scene.object_mask
-        pairs.append(InsertionPair(to_uint8(scene.image), to_uint8(scene.counterfactual_without(k)), obj.mask.copy(),
-                                   obj.shadow_mask & outside, obj.reflection_mask & outside))
+        pairs.append(scene_pair(scene, toyworld.chosen_object(scene)))
     return pairs
+
+
+def scene_pair(scene, k: int) -> InsertionPair:
+    """The insertion pair of a rendered toy scene and its object ``k``."""
+    from ..toyworld.dataset import to_uint8
+
+    obj = scene.objects[k]
+    outside = ~scene.object_mask
+    return InsertionPair(to_uint8(scene.image), to_uint8(scene.counterfactual_without(k)), obj.mask.copy(),
+                         obj.shadow_mask & outside, obj.reflection_mask & outside)
 
 
 def light_blind_renders(split: str, count: int, seed: int, size: int, draws: int = 8, rng_seed: int = 0
@@ -86,13 +91,14 @@ def light_blind_renders(split: str, count: int, seed: int, size: int, draws: int
 
     rng = np.random.default_rng(rng_seed)
     out = np.zeros((draws, count, size, size, 3), np.uint8)
-    pairs = insertion_pairs(split, count, seed, size)
-    for n, (pair, scene_seed) in enumerate(zip(pairs, insertion_scene_seeds(split, count, seed))):
+    for n, scene_seed in enumerate(insertion_scene_seeds(split, count, seed)):
         layout = sample_layout(np.random.default_rng(scene_seed))
-        k = toyworld.chosen_object(render_layout(layout, size, scene_seed))
+        scene = render_layout(layout, size, scene_seed)  # = toyworld.make_scene(scene_seed, size), as insertion_pairs
+        k = toyworld.chosen_object(scene)
+        composite = scene_pair(scene, k).composite
         floor = layout.background.kind == "floor"
         for d in range(draws):
-            out[d, n] = effects_under_light(pair.composite, layout, k, light_angle(rng, floor), size, scene_seed)
+            out[d, n] = effects_under_light(composite, layout, k, light_angle(rng, floor), size, scene_seed)
     return out
 
 

@@ -81,11 +81,11 @@ def stitch_effects(photo: torch.Tensor, back: torch.Tensor, box: CropBox, thresh
     effect-aware mask (``effect_mask``), faded to 0 over ``grow + feather`` px towards box sides that lie inside the
     image (a change reaching the crop's edge leaves no seam) and always 1 on the object. ObjectDrop Remove/Insert
     and the toy insertion benchmark stitch with it."""
-    region = crop(photo[..., :3], box)
-    weights = effect_mask(region, back, object_mask, threshold, min_area, grow, feather)
+    region = crop(photo, box)
+    weights = effect_mask(region[..., :3], back, object_mask, threshold, min_area, grow, feather)
     taper = edge_taper(box, tuple(photo.shape[1:3]), grow + feather).to(weights)
     weights = torch.maximum(weights * taper, (object_mask > 0.5).to(weights))
-    patch = torch.cat([back.to(photo.dtype), crop(photo, box)[..., 3:]], -1)
+    patch = torch.cat([back.to(photo.dtype), region[..., 3:]], -1)
     return stitch(photo, patch, box, weights), weights
 
 

@@ -438,8 +438,8 @@ def load_latest_checkpoint(accelerator, out: Path) -> Resumed | None:
 __all__ = [
     "ConfigError", "LossLog", "Resumed", "checkpoint_leftovers", "checkpoint_state", "check_process_count",
     "check_scheduler_position", "clean_checkpoint_leftovers", "dumps_strict", "finite_or_none", "launch_command",
-    "list_checkpoints", "load_extra_state", "load_latest_checkpoint", "make_accelerator", "prepare_run_dir", "prune_checkpoints",
-    "relaunch_hint", "save_checkpoint", "write_text_atomic",
+    "list_checkpoints", "load_extra_state", "load_latest_checkpoint", "make_accelerator", "prepare_run_dir",
+    "prune_checkpoints", "relaunch_hint", "save_checkpoint", "write_text_atomic",
 ]
 
 
