@@ -292,6 +292,44 @@ def test_builders_end_to_end_and_resume(tmp_path, toy, model_dir):
     assert load_image(synthetic[0]["image"]).shape == (SIZE, SIZE, 3)
 
 
+def tiny_lora(base: Path, folder: Path, seed: int = 0) -> Path:
+    """A rank-2 peft adapter over the bundle at ``base`` with random (non-zero) weights, saved as the toy LoRAs are."""
+    from segdrop.training.lora_adapter import add_lora, save_lora_fallback
+
+    unet = load_bundle(base).unet
+    add_lora(unet, 2, 2.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    save_lora_fallback(unet, folder, {"test": "random"})
+    return folder
+
+
+def test_lora_over_its_base_is_the_merged_model(tmp_path, toy, model_dir):
+    """``--lora`` merges a peft adapter over ``--model``: the same files as the merged bundle, and not the base's."""
+    from segdrop.training.lora_adapter import load_lora_fallback
+
+    lora = tiny_lora(model_dir, tmp_path / "lora")
+    merged = save_bundle(load_lora_fallback(load_bundle(model_dir), lora), tmp_path / "merged")
+    data = copy_toy(toy, tmp_path / "data")
+    assert distill_data.main(["prelim-masks", "--data_dir", str(data), "--capture_model", str(model_dir), "--t0",
+                              "2"]) == 0
+    runs = {"lora": ["--model", str(model_dir), "--lora", str(lora)], "merged": ["--model", str(merged)],
+            "base": ["--model", str(model_dir)]}
+    inpainted = {}
+    for name, model in runs.items():
+        out = tmp_path / f"masks_{name}"
+        assert distill_data.main(["refine-masks", "--data_dir", str(data), "--out", str(out), *model, "--prompt", "",
+                                  "--steps", "2"]) == 0
+        inpainted[name] = [Path(r["inpainted"]).read_bytes() for r in read_mask_folder(out, require=("inpainted",))]
+    assert inpainted["lora"] == inpainted["merged"]
+    assert inpainted["lora"] != inpainted["base"]
+    assert distill_data.main(["refine-masks", "--data_dir", str(data), "--out", str(tmp_path / "x"), "--model",
+                              str(model_dir), "--lora", str(tmp_path / "nowhere"), "--prompt", ""]) == 2
+
+
 def test_sharded_prelim_matches_a_single_process(tmp_path, toy, model_dir):
     def state(index: int) -> SimpleNamespace:
         return SimpleNamespace(process_index=index, num_processes=2, is_main_process=index == 0, device="cpu",

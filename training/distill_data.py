@@ -5,6 +5,7 @@ synthetic images (paper notes §1.5, §1.6).
     python -m segdrop.training refine-masks --data_dir MASKS --model M_PRIME         # M from m′'s inpainting
     python -m segdrop.training synthesize --model M_PRIME --objects bird --count 1000 --out SYN
     python -m segdrop.training synthesize --config training/configs/toy_distill_data.toml --model out/toy_bg/model
+    python -m segdrop.training refine-masks ... --model models/default --lora models/toy_background_lora  # a toy LoRA m′
 
 ``prelim-masks``: the source is a mask folder (``metadata.jsonl`` with "image" and "caption"; a toy-world dataset
 is one) or a folder of images with captions (``<name>.txt`` next to ``<name>.png``, or ``--caption`` for all).
@@ -76,6 +77,7 @@ class RefineConfig:
     data_dir: str = ""
     out: str = ""
     model: str = ""
+    lora: str = ""
     prompt: str = PAPER_BACKGROUND_PROMPT
     steps: int = 50
     eta: float = 0.0
@@ -88,6 +90,7 @@ class RefineConfig:
 class SynthesizeConfig:
     out: str = ""
     model: str = ""
+    lora: str = ""
     capture_model: str = ""
     prompts: list[str] = field(default_factory=list)
     objects: list[str] = field(default_factory=list)
@@ -113,6 +116,8 @@ HELPS = {
     "out": "mask folder to write (default: write into --data_dir)",
     "capture_model": "model whose cross-attention gives M_pre (default: the pack's models/default)",
     "model": "the fine-tuned background model m′ (a text-to-image bundle from `python -m segdrop.training background`)",
+    "lora": "a peft LoRA adapter folder (`background --lora_rank R` on a toy model writes one as lora/) merged over "
+            "--model, its base, before use; SD LoRAs: pass the recipe's merged model/ as --model instead",
     "caption": "caption (capture prompt y_f) for every image, overriding the records' and .txt captions",
     "words": "comma-separated attention words for every image (default: every caption word except a/photo/of/and)",
     "t0": "noised DDIM timesteps of the attention capture (paper: 40)",
@@ -188,8 +193,10 @@ def item_seed(seed: int, item_id: str, salt: str) -> int:
     return int(state.generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
-def load_model(path: str, what: str, device=None):
+def load_model(path: str, what: str, device=None, lora: str = ""):
+    """The bundle at ``path``, with the peft adapter folder ``lora`` merged into its UNet when given."""
     from .bundle import BundleError, load_bundle
+    from .lora_adapter import load_lora_fallback
 
     if not path:
         raise ConfigError(f"give the {what} folder")
@@ -197,6 +204,8 @@ def load_model(path: str, what: str, device=None):
         bundle = load_bundle(path)
     except BundleError as error:
         raise ConfigError(f"the {what} could not be loaded: {error}") from None
+    if lora:
+        bundle = load_lora_fallback(bundle, lora)
     return bundle.to(device) if device is not None else bundle
 
 
@@ -419,7 +428,7 @@ def build_refined(config: RefineConfig, state=None, argv: Sequence[str] = ()) ->
     items = read_mask_folder(source, require=("image", "prelim"))
     check_out(root, source)
     state = state or default_state()
-    model = load_model(config.model, "background model m′ (--model)", state.device)
+    model = load_model(config.model, "background model m′ (--model)", state.device, config.lora)
     try:
         check_text_to_image(model)
     except ValueError as error:
@@ -457,7 +466,7 @@ def build_synthetic(config: SynthesizeConfig, state=None, argv: Sequence[str] = 
     captions = synthesis_prompts(config)
     ids = [f"syn_{i:05d}" for i in range(len(captions))]
     state = state or default_state()
-    model = load_model(config.model, "background model m′ (--model)", state.device)
+    model = load_model(config.model, "background model m′ (--model)", state.device, config.lora)
     try:
         check_text_to_image(model)
     except ValueError as error:
