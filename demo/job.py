@@ -256,8 +256,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refinement-steps", type=int, default=DemoConfig.refinement_steps,
                         help="DDIM steps of the background inpainting (paper: 50; the demo's default 20 keeps it fast)")
     parser.add_argument("--refinement-models", type=Path, default=DemoConfig.refinement_models,
-                        help="folder holding toy_background/ (m′) and the toy_segmenter_*.safetensors files; default: "
-                             "the pack's models/")
+                        help="folder holding default/ and toy_background_lora/ (m′: the LoRA over the default "
+                             "model) and the toy_segmenter_*.safetensors files; default: the pack's models/")
     parser.add_argument("--insertion", action=argparse.BooleanOptionalAction, default=True,
                         help="score object insertion (naive paste, without and with bootstrap) with the committed toy "
                              "models (--no-insertion skips it)")

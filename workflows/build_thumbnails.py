@@ -3,7 +3,8 @@
 ComfyUI's template browser shows ``<pack>/workflows/<name>.jpg`` on the card of ``<name>.json`` (a 256x256 box,
 image scaled to fit). The pictures are what each workflow computes, run through segdrop's Python API on held-out
 toy-world scenes (the same scenes and seed as ``python -m segdrop demo``) with the shipped default model and the
-committed toy models (``models/toy_background`` = m′, ``models/toy_removal``), the same methods as the nodes:
+committed toy models (m′ = the LoRA ``models/toy_background_lora`` over the default model, as in the demo, or the
+full ``models/toy_background``; ``models/toy_removal``), the same methods as the nodes:
 
 * foreground_mask: input | object-name cross-attention (concept distillation, t0 = 40) | GMM-binarised mask;
 * zero_shot_segmentation: input | DiffSeg segments (KL merge of self-attention at t = 300) | segments over input.
@@ -11,7 +12,7 @@ committed toy models (``models/toy_background`` = m′, ``models/toy_removal``),
   scenes) stands in for the paper's 1.1.
 * foreground_refine: input | M_pre (the default model's attention, GMM, nearest-upsampled) | the background m′
   paints into M_pre (y_b = "", 50 DDIM steps) | refined mask (M_pre AND the pixels that changed);
-* distillation_guidance: two samples of m′ from the same seed with y_f = the first held-out test caption
+* distillation_guidance: two samples of the full m′ from the same seed with y_f = the first held-out test caption
   ("a photo of a purple circle") and y_b = "": guidance s = 3 (towards the object) and s = -1 (towards the
   background);
 * object_removal: input | object mask | the toy ObjectDrop model's removal (50 DDIM steps, pasted inside the
@@ -90,8 +91,8 @@ def refine_tiles(bundle, m_prime, items) -> list[list[np.ndarray]]:
 
     M_pre is ``distill.pipeline.preliminary_masks`` with the capture model ``bundle`` (the shipped default model;
     the caption's object words summed, T0 = 40, GMM) at its latent grid, nearest-upsampled for display. The
-    background is ``distill.pipeline.refine``'s inpainting of M_pre by m′ (``models/toy_background``) with y_b = ""
-    (the toy vocabulary has no "background"), 50 DDIM steps, eta 0, seed ``SEED + row``; the refined mask is
+    background is ``distill.pipeline.refine``'s inpainting of M_pre by m′ (``demo.refinement.load_m_prime``) with
+    y_b = "" (the toy vocabulary has no "background"), 50 DDIM steps, eta 0, seed ``SEED + row``; the refined mask is
     up(M_pre) AND the pixels that changed (``segment.refine.refine_mask``), as Background Inpaint Refine computes
     it."""
     from segdrop.demo.protocol import EvalSettings
@@ -111,10 +112,10 @@ def refine_tiles(bundle, m_prime, items) -> list[list[np.ndarray]]:
 
 
 def guidance_tiles(m_prime, caption: str) -> list[list[np.ndarray]]:
-    """distillation_guidance, one row (two columns fill the card's width): two samples of m′
-    (``models/toy_background``) by ``distill.sampling.distillation_sample`` with y_f = ``caption``, y_b = "",
-    50 DDIM steps, eta 0 and the same seed (``SEED``, so the same x_T): s = 3 pulls towards the object, s = -1
-    towards the background."""
+    """distillation_guidance, one row (two columns fill the card's width): two samples of the full m′
+    (``models/toy_background``: at s = 3 the LoRA m′'s epsilon samples are grain, and D′ takes it at s = 20) by
+    ``distill.sampling.distillation_sample`` with y_f = ``caption``, y_b = "", 50 DDIM steps, eta 0 and the same
+    seed (``SEED``, so the same x_T): s = 3 pulls towards the object, s = -1 towards the background."""
     from segdrop.distill.sampling import distillation_sample
 
     return [[distillation_sample(m_prime, [caption], negative_prompt="", guidance=s, steps=50, seed=SEED)[0]
@@ -196,20 +197,20 @@ def write_concept_distillation(folder: Path = HERE, bundle=None,
                                names: tuple[str, ...] = ("foreground_refine", "distillation_guidance")) -> list[Path]:
     """``foreground_refine.jpg`` and ``distillation_guidance.jpg`` (see refine_tiles and guidance_tiles)."""
     from segdrop.demo.job import DEFAULT_MODEL, toyworld_scenes
-    from segdrop.demo.refinement import M_PRIME
+    from segdrop.demo.refinement import load_m_prime
     from segdrop.training.bundle import load_bundle
 
-    m_prime = load_bundle(DEFAULT_MODEL.parent / M_PRIME)
-    scenes = toyworld_scenes("test", 1 + max(SCENES["foreground_mask"]), SEED, int(m_prime.image_size))
+    bundle = bundle or load_bundle(DEFAULT_MODEL)
+    scenes = toyworld_scenes("test", 1 + max(SCENES["foreground_mask"]), SEED, int(bundle.image_size))
     written = []
     if "foreground_refine" in names:
-        bundle = bundle or load_bundle(DEFAULT_MODEL)
         torch.manual_seed(SEED)
-        rows = refine_tiles(bundle, m_prime, [scenes[i] for i in SCENES["foreground_mask"]])
+        rows = refine_tiles(bundle, load_m_prime(DEFAULT_MODEL.parent), [scenes[i] for i in SCENES["foreground_mask"]])
         written.append(_save(draw_card("foreground_refine", rows), folder, "foreground_refine"))
     if "distillation_guidance" in names:
         caption = scenes[GUIDANCE_SCENE].caption
-        card = draw_card("distillation_guidance", guidance_tiles(m_prime, caption),
+        m_prime_full = load_bundle(DEFAULT_MODEL.parent / "toy_background")
+        card = draw_card("distillation_guidance", guidance_tiles(m_prime_full, caption),
                          subtitle=f'y_f "{caption}", y_b ""')
         written.append(_save(card, folder, "distillation_guidance"))
     return written
