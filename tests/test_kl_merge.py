@@ -20,6 +20,7 @@ from segdrop.segment import (
 from segdrop.segment.kl_merge import _merge_to_count
 from segdrop.testing.reference import (
     aggregate_reference,
+    bilinear_matrix_np,
     kl_elementwise,
     kl_merge_reference,
     official_fp16_distance,
@@ -63,6 +64,15 @@ def test_block_structured_regions_are_recovered(seed, count):
     assert result.proposals[0].shape == (result.counts[0], 32, 32)
 
 
+def reference_ties(proposals: np.ndarray, grid_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """Pixels where the float64 reference's two best upsampled proposals tie (gap < 1e-9 of the largest value):
+    there argmax picks by float rounding (seed 7976 had 22 of 16,384 such pixels, gap 1.7e-18), not by the merge."""
+    upsampled = np.einsum("Yh,khw,Xw->kYX", bilinear_matrix_np(grid_hw[0], out_hw[0]),
+                          proposals.reshape(-1, *grid_hw), bilinear_matrix_np(grid_hw[1], out_hw[1]))
+    top = np.sort(upsampled, axis=0)
+    return top[-1] - top[-2] < 1e-9 * np.abs(upsampled).max() if len(top) > 1 else np.zeros(out_hw, bool)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**16), count=st.integers(2, 4), grid=st.sampled_from([4, 8]))
 def test_matches_float64_reference_labels(seed, count, grid):
@@ -70,9 +80,11 @@ def test_matches_float64_reference_labels(seed, count, grid):
     maps = sd15_like_attention(seeds, finest=(16, 16), levels=3, sharpness=1.0 + (seed % 3) * 0.3)
     aggregated = aggregate_self_attention(maps)
     reference = aggregate_reference({hw: m.numpy() for hw, m in maps.items()})[0]
-    labels, _ = kl_merge_reference(reference, grid=grid)
+    labels, proposals = kl_merge_reference(reference, grid=grid)
     result = kl_merge_segment(aggregated, grid=grid)
-    assert np.array_equal(relabel_by_area(labels), result.labels[0].numpy())
+    decided = ~reference_ties(proposals, reference.shape[1:], labels.shape)
+    assert decided.mean() > 0.99
+    assert np.array_equal(relabel_by_area(labels)[decided], result.labels[0].numpy()[decided])
 
 
 @settings(max_examples=25, deadline=None)
