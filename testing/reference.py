@@ -118,10 +118,14 @@ def kl_merge_reference(
                 matched.update(np.nonzero(member)[0].tolist())
                 merged.append(proposals[member].mean(axis=0))
         proposals = np.stack(merged)
-    height, width = out_size or (8 * hf, 8 * wf)
-    rows, cols = bilinear_matrix_np(hf, height), bilinear_matrix_np(wf, width)
-    upsampled = np.einsum("Yh,khw,Xw->kYX", rows, proposals.reshape(-1, hf, wf), cols)
-    return upsampled.argmax(axis=0), proposals
+    return upsample_proposals(proposals, (hf, wf), out_size or (8 * hf, 8 * wf)).argmax(axis=0), proposals
+
+
+def upsample_proposals(proposals: np.ndarray, grid: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
+    """``(K, hf*wf)`` proposals bilinearly upsampled to ``(K, *out_size)`` (align_corners=False), float64: what
+    ``kl_merge_reference`` takes the argmax of."""
+    rows, cols = bilinear_matrix_np(grid[0], out_size[0]), bilinear_matrix_np(grid[1], out_size[1])
+    return np.einsum("Yh,khw,Xw->kYX", rows, proposals.reshape(-1, *grid), cols)
 
 
 def relabel_by_area(labels: np.ndarray) -> np.ndarray:

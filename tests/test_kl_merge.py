@@ -20,11 +20,11 @@ from segdrop.segment import (
 from segdrop.segment.kl_merge import _merge_to_count
 from segdrop.testing.reference import (
     aggregate_reference,
-    bilinear_matrix_np,
     kl_elementwise,
     kl_merge_reference,
     official_fp16_distance,
     relabel_by_area,
+    upsample_proposals,
 )
 from segdrop.testing.synthetic import sd15_like_attention, voronoi_labels
 
@@ -67,8 +67,7 @@ def test_block_structured_regions_are_recovered(seed, count):
 def reference_ties(proposals: np.ndarray, grid_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
     """Pixels where the float64 reference's two best upsampled proposals tie (gap < 1e-9 of the largest value):
     there argmax picks by float rounding (seed 7976 had 22 of 16,384 such pixels, gap 1.7e-18), not by the merge."""
-    upsampled = np.einsum("Yh,khw,Xw->kYX", bilinear_matrix_np(grid_hw[0], out_hw[0]),
-                          proposals.reshape(-1, *grid_hw), bilinear_matrix_np(grid_hw[1], out_hw[1]))
+    upsampled = upsample_proposals(proposals, grid_hw, out_hw)
     top = np.sort(upsampled, axis=0)
     return top[-1] - top[-2] < 1e-9 * np.abs(upsampled).max() if len(top) > 1 else np.zeros(out_hw, bool)
 
